@@ -1,0 +1,81 @@
+"""Segmentation metrics from one confusion matrix accumulated on the device.
+
+All metrics derive from the C×C matrix (rows = truth, columns = prediction),
+so they agree with each other by construction, and ignored pixels never enter
+it. A class absent from both truth and prediction has an undefined IoU (NaN)
+and is left out of the means, as in the Cityscapes and VOC evaluation scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``pred`` and ``target`` hold class ids of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        keep = target != self.ignore_index
+        t = target[keep].to(self.mat.device, torch.int64)
+        p = pred[keep].to(self.mat.device, torch.int64)
+        n = self.num_classes
+        self.mat += torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def compute(self) -> dict[str, object]:
+        """pixel_acc, mean_acc, iou (per class, NaN if undefined), miou, fwiou."""
+        m = self.mat.double().cpu()
+        tp = m.diag()
+        truth = m.sum(1)
+        predicted = m.sum(0)
+        total = m.sum()
+        union = truth + predicted - tp
+        iou = tp / union  # 0/0 → NaN: class never seen nor predicted
+        acc = tp / truth
+        freq = truth / total if total > 0 else truth
+        valid = union > 0
+        return {
+            "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+            "mean_acc": float(acc[truth > 0].mean()) if (truth > 0).any() else float("nan"),
+            "iou": iou.tolist(),
+            "miou": float(iou[valid].mean()) if valid.any() else float("nan"),
+            "fwiou": float((freq[valid] * iou[valid]).sum()),
+        }
+
+
+def format_table(metrics: dict[str, object], class_names: Sequence[str], title: Optional[str] = None) -> str:
+    """A plain-text per-class IoU table with the summary metrics below it."""
+    width = max(10, *(len(n) for n in class_names))
+    lines = [title] if title else []
+    lines.append(f"{'class':<{width}}  {'IoU':>7}")
+    lines.append("-" * (width + 9))
+    for name, value in zip(class_names, metrics["iou"]):  # type: ignore[arg-type]
+        shown = "    n/a" if value != value else f"{100 * value:7.2f}"
+        lines.append(f"{name:<{width}}  {shown}")
+    lines.append("-" * (width + 9))
+    for key, label in (("miou", "mIoU"), ("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("fwiou", "fwIoU")):
+        lines.append(f"{label:<{width}}  {100 * float(metrics[key]):7.2f}")  # type: ignore[arg-type]
+    return "\n".join(lines)
+
+
+def format_confusion(mat: torch.Tensor, class_names: Sequence[str]) -> str:
+    """The confusion matrix, row-normalised to percent (rows = truth)."""
+    m = mat.double().cpu()
+    rows = m / m.sum(1, keepdim=True).clamp(min=1)
+    short = [n[:6] for n in class_names]
+    width = max(10, *(len(n) for n in class_names))
+    corner = "truth \\ pred"
+    lines = [f"{corner:<{width}} " + " ".join(f"{s:>6}" for s in short)]
+    for name, row in zip(class_names, rows):
+        lines.append(f"{name:<{width}} " + " ".join(f"{100 * v:6.1f}" for v in row.tolist()))
+    return "\n".join(lines)

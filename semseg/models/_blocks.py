@@ -1,0 +1,50 @@
+"""Layers shared by more than one model family."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv → BatchNorm → ReLU, the unit most segmentation heads are built from."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
+    """Weights that make a ConvTranspose2d a bilinear upsampler (FCN, Long et al. 2015, §3.3).
+
+    Channel ``c`` maps to channel ``c`` only; other pairs are zero.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    grid = torch.arange(kernel_size, dtype=torch.float32)
+    filt1d = 1 - (grid - center).abs() / factor
+    filt = filt1d[:, None] * filt1d[None, :]
+    weight = torch.zeros(in_channels, out_channels, kernel_size, kernel_size)
+    for c in range(min(in_channels, out_channels)):
+        weight[c, c] = filt
+    return weight
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear resize of logits/features to ``size`` (H, W); a no-op when already there."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from semseg.metrics import ConfusionMatrix, format_table
+
+IGN = 255
+
+
+def test_against_hand_computed_matrix_with_ignored_pixels() -> None:
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, IGN, IGN]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 1]])
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(pred, target)
+    # rows = truth, cols = prediction; the two ignored pixels are not counted
+    assert cm.mat.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    m = cm.compute()
+    assert m["pixel_acc"] == pytest.approx(4 / 6)
+    assert m["mean_acc"] == pytest.approx((1 / 2 + 2 / 2 + 1 / 2) / 3)
+    # IoU = tp / (truth + pred - tp): class0 1/(2+2-1), class1 2/(2+3-2), class2 1/(2+1-1)
+    assert m["iou"] == pytest.approx([1 / 3, 2 / 3, 1 / 2])
+    assert m["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert m["fwiou"] == pytest.approx((2 / 6) * (1 / 3) + (2 / 6) * (2 / 3) + (2 / 6) * (1 / 2))
+
+
+def test_absent_class_is_nan_and_left_out_of_the_mean() -> None:
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
+    m = cm.compute()
+    assert math.isnan(m["iou"][2])
+    assert m["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+
+
+def test_predicted_but_absent_class_counts_as_zero_iou() -> None:
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(torch.tensor([2, 1]), torch.tensor([0, 1]))
+    m = cm.compute()
+    assert m["iou"] == pytest.approx([0.0, 1.0, 0.0])
+    assert m["miou"] == pytest.approx(1 / 3)
+
+
+def test_accumulates_over_batches_like_one_big_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randint(0, 4, (6, 8, 8), generator=g), torch.randint(0, 5, (6, 8, 8), generator=g)
+    target[target == 4] = IGN
+    whole, parts = ConfusionMatrix(4, IGN), ConfusionMatrix(4, IGN)
+    whole.update(pred, target)
+    for i in range(6):
+        parts.update(pred[i], target[i])
+    assert torch.equal(whole.mat, parts.mat)
+    assert whole.mat.sum() == (target != IGN).sum()
+
+
+def test_table_lists_every_class() -> None:
+    cm = ConfusionMatrix(2, IGN)
+    cm.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    table = format_table(cm.compute(), ["road", "sky"])
+    assert "road" in table and "sky" in table and "mIoU" in table and "n/a" not in table.split("road")[1].split("\n")[0]
