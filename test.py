@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from semseg.build import resolve_device, restore
+from semseg.config import Config
 from semseg.errors import DataError, SemsegError
 from semseg.inference import predict_image
 from semseg.loaders import build_dataset
@@ -74,7 +75,7 @@ def load_rgb(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
-def images(args: argparse.Namespace, cfg) -> tuple[int, Iterator[tuple[str, Image.Image]]]:  # noqa: ANN001
+def images(args: argparse.Namespace, cfg: Config) -> tuple[int, Iterator[tuple[str, Image.Image]]]:
     """How many images, and a lazy stream of (name, image); input errors surface here, before any work."""
     if args.split:
         dataset = build_dataset(cfg.data, args.split)
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_out(out, kinds)
     total, stream = images(args, cfg)
     count = 0
-    for name, image in tqdm(stream, total=total, desc="predict", dynamic_ncols=True):
+    for name, image in tqdm(stream, total=total, desc="predict", dynamic_ncols=True, disable=None):
         ids, confidence = predict_image(model, image, cfg.augment, device)
         ids_np = ids.numpy().astype(np.uint8)
         colors = colorize(ids_np, palette)

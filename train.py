@@ -30,7 +30,7 @@ from semseg.checkpoint import FORMAT_VERSION, load_checkpoint, load_model_state,
 from semseg.config import Config, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
 from semseg.engine import TrainState, evaluate, train_one_epoch
 from semseg.errors import SemsegError
-from semseg.loaders import build_dataset
+from semseg.loaders import SegmentationDataset, build_dataset
 from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
 from semseg.optim import build_optimizer, lr_factor
@@ -68,8 +68,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_loaders(cfg: Config, device: torch.device):  # noqa: ANN201 - a tuple of datasets and loaders
-    probe = build_dataset(cfg.data, cfg.data.train_split)  # metadata + class statistics, no transforms
+def make_loaders(cfg: Config, device: torch.device) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
+    """(the training split without transforms, for metadata and class statistics; train loader; val loader)."""
+    probe = build_dataset(cfg.data, cfg.data.train_split)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train_transforms(cfg.augment, probe.IGNORE_INDEX))
     val_set = build_dataset(cfg.data, cfg.data.val_split, eval_transforms(cfg.augment))
     # Reseeded every epoch (see train()), so shuffling and worker seeds depend only on (seed, epoch)
@@ -81,7 +82,7 @@ def make_loaders(cfg: Config, device: torch.device):  # noqa: ANN201 - a tuple o
     return probe, train_loader, val_loader
 
 
-def loss_weights(cfg: Config, probe, run_dir: Path) -> Optional[torch.Tensor]:  # noqa: ANN001
+def loss_weights(cfg: Config, probe: SegmentationDataset, run_dir: Path) -> Optional[torch.Tensor]:
     """Class weights from the training split's pixel counts, cached in the run folder."""
     if cfg.loss.class_weights == "none":
         return None
@@ -98,7 +99,7 @@ def loss_weights(cfg: Config, probe, run_dir: Path) -> Optional[torch.Tensor]:  
     return weights
 
 
-def show_images(viz: VisdomLogger, kept, probe, cfg: Config, epoch: int) -> None:  # noqa: ANN001
+def show_images(viz: VisdomLogger, kept: list, probe: SegmentationDataset, cfg: Config, epoch: int) -> None:
     rows = []
     for image, truth, pred in kept:
         rows += [denormalize(image.numpy(), cfg.augment.mean, cfg.augment.std),

@@ -49,7 +49,7 @@ def train_one_epoch(
     """
     model.train()
     total, steps, in_a_row = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True, disable=None)  # None: only on a terminal
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         lr = lr_at(state.iteration)
@@ -91,7 +91,7 @@ def evaluate(
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index, device)
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for images, masks in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
+    for images, masks in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         pred = predict(model, images)
         confusion.update(pred, masks)

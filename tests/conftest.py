@@ -23,10 +23,6 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
 def load_script(name: str) -> ModuleType:
     """Import a top-level script (train.py, test.py, …) by path."""
     spec = importlib.util.spec_from_file_location(f"semseg_script_{name}", REPO / f"{name}.py")

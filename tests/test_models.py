@@ -65,3 +65,21 @@ def test_param_count_matches_paper(name: str) -> None:
     assert abs(count - meta["paper_params"]) <= tolerance * meta["paper_params"], (
         f"{name}: {count} parameters, paper says {meta['paper_params']:.0f} ({meta['source']})"
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_at_full_sizes_on_meta(name: str) -> None:
+    """360×480 (CamVid), 361×479 (odd) and 512×1024 (Cityscapes half): shapes only, no compute."""
+    with torch.device("meta"):
+        model = MODELS.build(name, num_classes=11).eval()
+        for size in [(360, 480), (361, 479), (512, 1024)]:
+            assert model(torch.empty(1, 3, *size))["out"].shape == (1, 11, *size)
+
+
+@pytest.mark.parametrize("name", ["enet", "fcn8s"])
+def test_real_forward_at_camvid_and_odd_size(name: str) -> None:
+    model = MODELS.build(name, num_classes=11).eval()
+    with torch.no_grad():
+        for size in [(360, 480), (361, 479)]:
+            out = model(torch.randn(1, 3, *size))["out"]
+            assert out.shape == (1, 11, *size) and torch.isfinite(out).all()

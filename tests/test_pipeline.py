@@ -18,7 +18,7 @@ test_script = load_script("test")  # the repo's test.py; `import test` would be 
 
 TINY = [
     "data.params.size=[48,64]", "data.params.num_images={train: 48, val: 12, test: 3}",
-    "data.num_workers=0", "data.batch_size=8", "augment.crop=[48,64]", "log.visdom=false",
+    "data.num_workers=0", "data.batch_size=4", "schedule.warmup_iters=5", "augment.crop=[48,64]", "log.visdom=false",
     "train.val_every=1", "log.print_every=2",
 ]  # fmt: skip
 
@@ -36,15 +36,15 @@ def records(run: Path, kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_train(tmp_path_factory.mktemp("runs"), "train.epochs=6")
+    return run_train(tmp_path_factory.mktemp("runs"), "train.epochs=10")
 
 
 def test_training_learns_and_leaves_a_run_folder(trained: Path) -> None:
     epochs = records(trained, "epoch")
-    assert [e["epoch"] for e in epochs] == list(range(1, 7))
+    assert [e["epoch"] for e in epochs] == list(range(1, 11))
     assert epochs[-1]["loss"] < 0.6 * epochs[0]["loss"]
     val = records(trained, "val")
-    assert val[-1]["miou"] > 0.45, f"val mIoU {val[-1]['miou']:.3f} below the floor"
+    assert val[-1]["miou"] > 0.40, f"val mIoU {val[-1]['miou']:.3f} below the floor"
     assert {"last.pt", "best.pt", "config.yml", "metrics.jsonl"} <= {p.name for p in trained.iterdir()}
     assert "name: synthetic" in (trained / "config.yml").read_text()
     best = torch.load(trained / "best.pt", weights_only=False)
@@ -86,15 +86,28 @@ def test_test_script_on_a_folder_and_on_bad_inputs(trained: Path, tmp_path: Path
     assert "output path exists and is not a folder" in capsys.readouterr().err
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
-    straight = run_train(tmp_path / "a", "train.epochs=3", "train.val_every=3")
-    stopped = run_train(tmp_path / "b", "train.epochs=1", "train.val_every=3")
-    assert train.main(["--resume", str(stopped / "last.pt"), "--set", "train.epochs=3"]) == 0
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = run_train(tmp_path / "a", "train.epochs=3", "train.val_every=2")
+    real_epoch = train.train_one_epoch
+
+    def crash_in_epoch_2(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if args[5].epoch == 1:  # the TrainState: epoch 1 is done and its checkpoint written
+            raise RuntimeError("simulated crash")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(tmp_path / "b", "train.epochs=3", "train.val_every=2")
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    stopped = tmp_path / "b" / "synthetic_tiny"
+    assert torch.load(stopped / "last.pt", weights_only=False)["state"]["epoch"] == 1
+    assert train.main(["--resume", str(stopped / "last.pt")]) == 0
     a = torch.load(straight / "last.pt", weights_only=False)
     b = torch.load(stopped / "last.pt", weights_only=False)
-    assert a["state"]["iteration"] == b["state"]["iteration"] == 3 * 6
+    assert a["state"]["iteration"] == b["state"]["iteration"] == 3 * 12
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    assert records(straight, "val") == records(stopped, "val")
 
 
 def test_config_error_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,0 +1,198 @@
+"""PSPNet: dilated ResNet-50/101 with a pyramid pooling module and an auxiliary head.
+
+Zhao, Shi, Qi, Wang and Jia, "Pyramid Scene Parsing Network", CVPR 2017
+(arXiv:1612.01105).
+
+A ResNet with the strides of layer3 and layer4 replaced by dilation 2 and 4
+gives 2048-channel features at 1/8 of the input (§3.3). The pyramid pooling
+module (PPM) average-pools them into 1×1, 2×2, 3×3 and 6×6 bins, reduces each
+pooled map to 2048/4 = 512 channels with a 1×1 conv + BN + ReLU, upsamples all
+four back and concatenates them with the features. A 3×3 conv (512) + BN +
+ReLU, dropout 0.1 and a 1×1 classifier give the scores at stride 8. During
+training a second, deeply supervised head on layer3 (§3.4) adds a loss weighted
+0.4 (the config's ``loss.aux_weight``); we always return it as ``"aux"``.
+
+Layer sizes follow the authors' PyTorch code (hszhao/semseg ``model/pspnet.py``)
+and mmsegmentation's ``pspnet_r50-d8`` config: both dilate *every* block of
+layer3 by 2 and of layer4 by 4 (torchvision's ``replace_stride_with_dilation``
+keeps the first block of each at the previous rate; we reset it). The official
+nets use the "deep stem" ResNet (ResNet-v1c: three 3×3 convs 64-64-128 instead
+of the 7×7), offered here as ``*_deepstem``. Upsampling is bilinear with
+``align_corners=False`` so any input size works (the official code needs sizes
+8k+1 and uses ``align_corners=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from semseg.errors import ConfigError
+from semseg.models._backbones import Pretrained, ResNetFeatures, load_pretrained
+from semseg.models._blocks import ConvBNReLU, resize_to
+from semseg.registry import MODELS
+
+BINS = (1, 2, 3, 6)  # pyramid levels, paper §3.3 and Fig. 3
+DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, paper §3.3 / Fig. 3(b)
+
+
+def set_dilation(layer: nn.Sequential, rates: Sequence[int]) -> None:
+    """Give the 3×3 conv of each residual block in ``layer`` its own dilation rate.
+
+    Padding equals the rate, so the spatial size is unchanged. (DUC-HDC keeps its
+    own copy of this helper so that the two families stay independent.)
+    """
+    for block, rate in zip(layer, rates, strict=True):
+        block.conv2.dilation = (rate, rate)
+        block.conv2.padding = (rate, rate)
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept trunk files saved from a whole model (``backbone.*`` keys) as well as bare trunks."""
+    prefix = "backbone."
+    if any(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+class DeepStemResNet(ResNetFeatures):
+    """ResNet-v1c trunk at output stride 8: a 3×3 64-64-128 stem, layer1 taking 128 channels.
+
+    The stem is laid out as ``stem.{0,1,3,4,6,7}`` (conv, BN, ReLU ×3, max-pool),
+    the key layout of mmsegmentation's ResNetV1c, so a local trunk file in that
+    layout loads as is. torchvision has no such weights: ``True`` is an error.
+    """
+
+    def __init__(self, depth: int, pretrained_backbone: Pretrained = False) -> None:
+        if pretrained_backbone is True:
+            raise ConfigError(
+                "model.params.pretrained_backbone: torchvision has no deep-stem (ResNet-v1c) weights; "
+                "give a local file path or use the plain pspnet50/pspnet101"
+            )
+        super().__init__(depth, output_stride=8)
+        self.stem = nn.Sequential(
+            *ConvBNReLU(3, 64, 3, stride=2), *ConvBNReLU(64, 64, 3), *ConvBNReLU(64, 128, 3),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        first = self.layer1[0]
+        first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
+        first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
+        self.channels["stem"] = 128
+        for module in (*self.stem, first.conv1, first.downsample[0]):
+            if isinstance(module, nn.Conv2d):  # torchvision's ResNet init for the replaced convs
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if pretrained_backbone:
+            load_pretrained(self, pretrained_backbone, None, _strip_prefix)
+
+
+class PyramidPooling(nn.Module):
+    """Pool to each bin size, reduce to ``in/len(bins)`` channels, upsample, concat with the input."""
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = BINS) -> None:
+        super().__init__()
+        reduced = in_channels // len(bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNReLU(in_channels, reduced, 1)) for b in bins
+        )
+        self.out_channels = in_channels + reduced * len(bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x] + [resize_to(stage(x), x.shape[-2:]) for stage in self.stages], dim=1)
+
+
+def _head(in_channels: int, mid_channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """3×3 conv + BN + ReLU → dropout → 1×1 classifier (main head and auxiliary head alike)."""
+    return nn.Sequential(
+        ConvBNReLU(in_channels, mid_channels, 3), nn.Dropout2d(dropout), nn.Conv2d(mid_channels, num_classes, 1)
+    )
+
+
+class PSPNet(nn.Module):
+    """Dilated ResNet (stride 8) → PPM → 3×3 conv → classifier; optional layer3 auxiliary head."""
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int,
+        deep_stem: bool = False,
+        aux: bool = True,
+        dropout: float = 0.1,
+        pretrained_backbone: Pretrained = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.params.dropout: must be in [0, 1), got {dropout}")
+        if deep_stem:
+            self.backbone: ResNetFeatures = DeepStemResNet(depth, pretrained_backbone)
+        else:
+            self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
+        for name, rate in DILATION.items():
+            layer = getattr(self.backbone, name)
+            set_dilation(layer, [rate] * len(layer))
+        channels = self.backbone.channels
+        self.ppm = PyramidPooling(channels["layer4"])
+        self.head = _head(self.ppm.out_channels, 512, num_classes, dropout)
+        self.aux = _head(channels["layer3"], 256, num_classes, dropout) if aux else None
+        for module in [self.head, self.ppm] + ([self.aux] if aux else []):
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for head in [self.head] + ([self.aux] if aux else []):  # small logits at the start (as mmseg)
+            nn.init.normal_(head[-1].weight, std=0.01)
+            nn.init.zeros_(head[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        out = {"out": resize_to(self.head(self.ppm(feats["layer4"])), x.shape[-2:])}
+        if self.aux is not None:
+            out["aux"] = resize_to(self.aux(feats["layer3"]), x.shape[-2:])
+        return out
+
+
+# Parameter counts: the paper gives none, so these are derived from its description (§3.3, §3.4)
+# and checked layer by layer in tests/test_models_pspnet.py. Trunk (torchvision ResNet, no fc):
+# 23,508,032 (R-50) / 42,500,160 (R-101); the deep stem adds 123,776. PPM 4·(2048·512 + 2·512)
+# = 4,198,400; 3×3 conv 4096·512·9 + 2·512 = 18,875,392; aux 3×3 conv 1024·256·9 + 2·256 =
+# 2,359,808; classifiers 513·C and 257·C. C = 150 (ADE20K, the paper's ResNet-50 ablations,
+# §5.1) for the ResNet-50 nets, C = 19 (Cityscapes, §5.3, as mmseg's pspnet_r50-d8 config) for
+# ResNet-101. All counts include the aux head, as trained.
+_SOURCE = "Zhao et al. 2017, arXiv:1612.01105, §3.3–3.4 (count derived from the layer sizes; paper gives none)"
+_ADE, _CITYSCAPES = {"num_classes": 150}, {"num_classes": 19}
+
+
+def _count(trunk: int, num_classes: int, deep_stem: bool) -> float:
+    return float(trunk + 4_198_400 + 18_875_392 + 2_359_808 + 770 * num_classes + (123_776 if deep_stem else 0))
+
+
+@MODELS.register("pspnet50", paper_params=_count(23_508_032, 150, False), paper_kwargs=_ADE,
+                 output_stride=8, source=_SOURCE)
+def pspnet50(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
+             dropout: float = 0.1) -> PSPNet:
+    """PSPNet on torchvision's ResNet-50 (7×7 stem), so ImageNet weights are available."""
+    return PSPNet(50, num_classes, False, aux, dropout, pretrained_backbone)
+
+
+@MODELS.register("pspnet101", paper_params=_count(42_500_160, 19, False), paper_kwargs=_CITYSCAPES,
+                 output_stride=8, source=_SOURCE)
+def pspnet101(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
+              dropout: float = 0.1) -> PSPNet:
+    """PSPNet on torchvision's ResNet-101 (7×7 stem)."""
+    return PSPNet(101, num_classes, False, aux, dropout, pretrained_backbone)
+
+
+@MODELS.register("pspnet50_deepstem", paper_params=_count(23_508_032, 150, True), paper_kwargs=_ADE,
+                 output_stride=8, source=_SOURCE)
+def pspnet50_deepstem(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
+                      dropout: float = 0.1) -> PSPNet:
+    """PSPNet on the deep-stem ResNet-50 of the official release (local weights only)."""
+    return PSPNet(50, num_classes, True, aux, dropout, pretrained_backbone)
+
+
+@MODELS.register("pspnet101_deepstem", paper_params=_count(42_500_160, 19, True), paper_kwargs=_CITYSCAPES,
+                 output_stride=8, source=_SOURCE)
+def pspnet101_deepstem(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
+                       dropout: float = 0.1) -> PSPNet:
+    """PSPNet on the deep-stem ResNet-101 of the official release (local weights only)."""
+    return PSPNet(101, num_classes, True, aux, dropout, pretrained_backbone)

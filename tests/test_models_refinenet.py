@@ -1,0 +1,174 @@
+"""RefineNet-specific tests: block layer sizes, resolutions, RCU/CRP maths, LW variant, knobs.
+
+The full RefineNets have ≥ 99M parameters, so they are only built on the meta
+device; the real-tensor tests use small blocks or Light-Weight RefineNet-50.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import semseg.models._backbones as backbones
+from semseg.errors import ConfigError
+from semseg.models import refinenet
+from semseg.registry import MODELS
+
+K3 = 9 * 256 * 256  # one 3×3 256→256 conv without bias
+
+
+def _meta(name: str, **kwargs: object) -> refinenet.RefineNet:
+    with torch.device("meta"):
+        return MODELS.build(name, num_classes=21, **kwargs)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def lw50() -> refinenet.RefineNet:
+    torch.manual_seed(0)
+    return MODELS.build("refinenet_lw50", num_classes=3)
+
+
+def test_full_block_sizes_match_the_released_code() -> None:
+    """Per-block counts written out from the layer list (3×3 convs; RCU first conv has a bias)."""
+    rcu = lambda c: 2 * 9 * c * c + c  # noqa: E731
+    crp = lambda c: 4 * 9 * c * c  # noqa: E731
+    blocks = _meta("refinenet101").blocks
+    assert _count(blocks[0]) == 9 * 2048 * 512 + 2 * rcu(512) + crp(512) + 3 * rcu(512)
+    lower = 2 * rcu(256) + crp(256) + 3 * rcu(256) + K3  # + adapt conv and coarser-path fusion conv
+    assert _count(blocks[1]) == lower + 9 * 1024 * 256 + 9 * 512 * 256
+    assert _count(blocks[2]) == lower + 9 * 512 * 256 + K3
+    assert _count(blocks[3]) == lower + 9 * 256 * 256 + K3
+    assert sum(_count(b) for b in blocks) == refinenet._FULL_DECODER
+    assert [b.out_channels for b in blocks] == [512, 256, 256, 256]
+
+
+@pytest.mark.parametrize("name", ["refinenet50", "refinenet152"])
+def test_decoder_does_not_depend_on_depth(name: str) -> None:
+    model = _meta(name)
+    assert sum(_count(b) for b in model.blocks) == refinenet._FULL_DECODER
+
+
+def test_block_structure() -> None:
+    block = _meta("refinenet50").blocks[2]
+    assert sum(isinstance(m, refinenet.RCU) for m in block.adapt) == refinenet.ADAPT_RCUS == 2
+    assert len(block.output) == refinenet.OUTPUT_RCUS == 3
+    assert len(block.crp.convs) == refinenet.CRP_STAGES == 4
+    assert block.crp.pool.kernel_size == 5 and block.crp.pool.stride == 1
+    assert {m.kernel_size for m in block.modules() if isinstance(m, nn.Conv2d)} == {(3, 3)}
+    assert _meta("refinenet50").blocks[0].fuse is None  # RefineNet-4 has a single input
+
+
+def test_light_weight_has_only_1x1_decoder_convs_and_no_rcus() -> None:
+    model = _meta("refinenet_lw101")
+    assert not any(isinstance(m, refinenet.RCU) for m in model.modules())
+    kernels = {m.kernel_size for b in model.blocks for m in b.modules() if isinstance(m, nn.Conv2d)}
+    assert kernels == {(1, 1)}
+    assert model.classifier.kernel_size == (3, 3) and model.classifier.bias is not None
+    assert sum(_count(b) for b in model.blocks) == refinenet._LW_DECODER
+    assert model.dropout.p == 0.0
+
+
+def test_block_resolutions_are_1_32_to_1_4(lw50: refinenet.RefineNet) -> None:
+    sizes: list[tuple[int, int]] = []
+    hooks = [b.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:]))) for b in lw50.blocks]
+    with torch.no_grad():
+        lw50.eval()(torch.randn(1, 3, 64, 64))
+        lw50(torch.randn(1, 3, 45, 61))
+    for h in hooks:
+        h.remove()
+    assert sizes[:4] == [(2, 2), (4, 4), (8, 8), (16, 16)]
+    assert sizes[4:] == [(2, 2), (3, 4), (6, 8), (12, 16)]  # ceil-mode strides of the ResNet
+    assert {MODELS.meta(n)["output_stride"] for n in MODELS.names() if n.startswith("refinenet")} == {32}
+
+
+def test_rcu_is_residual_and_leaves_its_input_intact() -> None:
+    rcu = refinenet.RCU(4)
+    x = torch.randn(1, 4, 6, 6)
+    x0 = x.clone()
+    out = rcu(x)
+    torch.testing.assert_close(x, x0)  # no in-place ReLU on the identity path
+    torch.testing.assert_close(out, x0 + rcu.conv2(F.relu(rcu.conv1(F.relu(x0)))))
+    nn.init.zeros_(rcu.conv2.weight)
+    torch.testing.assert_close(rcu(x0), x0)
+
+
+def test_crp_sums_a_chain_of_pools() -> None:
+    """CRP(x) = r + l1 + l2 + l3 with r = ReLU(x), l_k = conv_k(pool(l_{k-1})), l_0 = r (pool first)."""
+    torch.manual_seed(0)
+    crp = refinenet.CRP(2, stages=3, kernel_size=1)
+    x = torch.randn(1, 2, 9, 9)
+    link = r = F.relu(x)
+    expected = r
+    for conv in crp.convs:  # random weights of both signs: pooling and conv do not commute
+        link = F.conv2d(F.max_pool2d(link, 5, 1, 2), conv.weight)
+        expected = expected + link
+    torch.testing.assert_close(crp(x), expected)
+
+
+def test_fusion_reduces_then_upsamples_then_pools() -> None:
+    """Block = CRP(fuse_own(adapt(x)) + up(fuse_coarse(upper))): channels are reduced at 1/2 size."""
+    torch.manual_seed(0)
+    block = refinenet.RefineBlock(8, 4, upper_width=6, light=True, crp_stages=2)
+    x, upper = torch.randn(1, 8, 10, 9), torch.randn(1, 6, 5, 5)
+    fused = block.fuse[0](block.adapt(x)) + F.interpolate(
+        block.fuse[1](upper), size=(10, 9), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(block(x, upper), block.crp(fused))
+    assert block.out_channels == 4
+    with pytest.raises(ValueError):
+        block(x)
+
+
+def test_dropout_on_wide_backbone_paths_only() -> None:
+    assert _meta("refinenet101").drop_paths == {"layer3", "layer4"}
+    assert _meta("refinenet101").dropout.p == 0.5
+
+
+def test_knobs_and_their_errors() -> None:
+    two = _meta("refinenet50", crp_stages=2)
+    assert _count(two) == _count(_meta("refinenet50")) - 2 * 9 * (512 * 512 + 3 * 256 * 256)
+    with pytest.raises(ConfigError, match="model.params.crp_stages"):
+        _meta("refinenet50", crp_stages=0)
+    with pytest.raises(ConfigError, match="model.params.dropout"):
+        _meta("refinenet50", dropout=1.0)
+
+
+def test_pretrained_backbone_loads_torchvision_resnet(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import resnet50
+
+    with torch.device("meta"):
+        state = resnet50(weights=None).state_dict()
+    asked: list[object] = []
+    monkeypatch.setattr(backbones, "_download", lambda weights: asked.append(weights) or state)
+    with torch.device("meta"):
+        MODELS.build("refinenet_lw50", num_classes=3, pretrained_backbone=True)
+    assert len(asked) == 1 and "ResNet50" in str(asked[0])
+
+
+def test_sgd_reduces_the_loss(lw50: refinenet.RefineNet) -> None:
+    """A few SGD steps fit one tiny batch better, every step.
+
+    BN statistics stay fixed, as in the released RefineNet training (its ResNet BN moments are
+    frozen): at 32 px layer4 is 1×1, and batch statistics of 2 values make the steps erratic.
+    """
+    torch.manual_seed(0)
+    lw50.train()
+    for m in lw50.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    opt = torch.optim.SGD(lw50.parameters(), lr=3e-4, momentum=0.9)
+    x, y = torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
+    y[:, :, 16:], y[:, 16:, :] = 1, 2  # a learnable layout (quadrant classes)
+    losses = []
+    for _ in range(4):
+        loss = F.cross_entropy(lw50(x)["out"], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
