@@ -13,7 +13,6 @@ never appears since every pixel gets a class). ``--confidence`` also writes
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
@@ -23,8 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from semseg.build import resolve_device, restore
+from semseg.cli import run_script
 from semseg.config import Config
-from semseg.errors import DataError, SemsegError
+from semseg.errors import DataError
 from semseg.inference import predict_image
 from semseg.loaders import build_dataset
 from semseg.visualize import colorize, overlay
@@ -119,12 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return run(parse_args(argv))
-    except SemsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_script(run, parse_args(argv))
 
 
 if __name__ == "__main__":

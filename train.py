@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 
 from semseg.augmentations import eval_transforms, train_transforms
 from semseg.build import build_model, new_run_dir, resolve_device
+from semseg.cli import run_script
 from semseg.checkpoint import FORMAT_VERSION, load_checkpoint, load_model_state, rng_state, save_atomic, set_rng_state
 from semseg.config import Config, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
 from semseg.engine import TrainState, evaluate, train_one_epoch
-from semseg.errors import SemsegError
 from semseg.loaders import SegmentationDataset, build_dataset
 from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
@@ -109,13 +109,7 @@ def show_images(viz: VisdomLogger, kept: list, probe: SegmentationDataset, cfg: 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args = parse_args(argv)
-    try:
-        return train(args)
-    except SemsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_script(train, parse_args(argv))
 
 
 def train(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,8 +19,9 @@ from torch.utils.data import DataLoader
 
 from semseg.augmentations import eval_transforms
 from semseg.build import resolve_device, restore
+from semseg.cli import run_script
 from semseg.engine import evaluate
-from semseg.errors import DataError, SemsegError
+from semseg.errors import DataError
 from semseg.loaders import build_dataset
 from semseg.metrics import format_confusion, format_table
 
@@ -58,12 +58,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return validate(parse_args(argv))
-    except SemsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_script(validate, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from torch import nn
 
 import semseg.models  # noqa: F401 - registers the models
 from semseg.checkpoint import load_checkpoint, load_model_state
-from semseg.config import Config, ModelConfig, apply_overrides, config_from_dict
-from semseg.errors import ConfigError
+from semseg.config import Config, ModelConfig, apply_overrides, config_from_dict, load_config
+from semseg.errors import CheckpointError, ConfigError
 from semseg.registry import MODELS
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ def new_run_dir(cfg: Config, config_path: Optional[str]) -> Path:
 
 def restore(checkpoint: str, overrides: list[str], config_path: Optional[str] = None) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Model with weights + the config it was trained with (``--set`` applied), from a checkpoint."""
-    from semseg.config import load_config
-
     ckpt = load_checkpoint(checkpoint)
     if config_path is not None:
         cfg = load_config(config_path, overrides)
@@ -60,8 +58,8 @@ def restore(checkpoint: str, overrides: list[str], config_path: Optional[str] = 
         if "config" not in ckpt:
             raise ConfigError(f"{checkpoint}: holds no config; pass --config")
         cfg = config_from_dict(apply_overrides(ckpt["config"], overrides), f"{checkpoint} (stored config)")
-    classes = ckpt.get("classes")
-    num_classes = len(classes) if classes else int(ckpt.get("num_classes", 0))
-    model = build_model(cfg.model, num_classes)
+    if not ckpt.get("classes") or not ckpt.get("palette"):
+        raise CheckpointError(f"{checkpoint}: holds no class list or palette (was it written by train.py?)")
+    model = build_model(cfg.model, len(ckpt["classes"]))
     load_model_state(model, ckpt["model"], checkpoint)
     return model, cfg, ckpt

@@ -47,8 +47,12 @@ class DataConfig:
 class AugmentConfig:
     scale: tuple[float, float] = (1.0, 1.0)
     crop: Optional[tuple[int, int]] = None  # (H, W); None trains on whole images
-    hflip: float = 0.0
+    resized_crop: Optional[tuple[float, float]] = None  # area share range; replaces scale + crop when set
+    rotate: float = 0.0  # max degrees either way; uncovered mask pixels are ignored
+    hflip: float = 0.0  # probability
     jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue)
+    blur: float = 0.0  # probability of a Gaussian blur
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet, what torchvision backbones expect
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     eval_size: Optional[tuple[int, int]] = None  # resize for validation; None = native size

@@ -103,3 +103,13 @@ def test_real_camvid_splits_and_labels() -> None:
     assert image.shape == (3, 360, 480)
     values = set(mask.unique().tolist())
     assert values <= set(range(11)) | {255} and 255 in values and 3 in values  # road present, void ignored
+
+
+def test_loaders_command_reports_counts_and_what_is_missing(camvid: Path, capsys: pytest.CaptureFixture) -> None:
+    from semseg.loaders.__main__ import main
+
+    assert main([str(camvid), "--dataset", "camvid"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 3 images, 3 masks" in out and "test: 2 images, 0 masks" in out and "11 classes: sky" in out
+    assert main([str(camvid / "nope"), "--dataset", "camvid"]) == 2
+    assert "train: cannot read — " in capsys.readouterr().out

@@ -16,6 +16,7 @@ from semseg.errors import ConfigError
 from semseg.models import drn
 from semseg.models._blocks import bilinear_kernel
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 # Blocks per level 1-8, from the official drn.py builders (fyu/drn).
 OFFICIAL_LAYERS = {
@@ -150,11 +151,5 @@ def test_sgd_reduces_the_loss(drn_d_22: drn.DRNSeg) -> None:
     # A learnable layout (quadrant classes); i.i.d. random labels cannot be fitted at stride 8.
     x, y = torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
     y[:, :, 16:], y[:, 16:, :] = 1, 2
-    losses = []
-    for _ in range(4):
-        loss = F.cross_entropy(drn_d_22(x)["out"], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(drn_d_22(x)["out"], y), opt, 4)
     assert losses[-1] < 0.5 * losses[0]

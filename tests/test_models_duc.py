@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from semseg.errors import ConfigError
 from semseg.models import duc
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 # Per-block 3×3 dilation of the released ResNet-101-DUC-HDC (TuSimple/TuSimple-DUC,
 # tusimple_duc/networks/resnet.py: res4a, res4b1 … res4b22, then res5a–c).
@@ -116,11 +117,5 @@ def test_sgd_on_the_duc_head_reduces_the_loss() -> None:
     with torch.no_grad():
         feats = model.backbone(x)["layer4"]
     opt = torch.optim.SGD(model.duc.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(5):
-        loss = F.cross_entropy(model.duc(feats)[..., :40, :40], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(model.duc(feats)[..., :40, :40], y), opt, 5)
     assert losses[-1] < 0.9 * losses[0], losses

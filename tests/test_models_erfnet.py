@@ -12,6 +12,7 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.models.erfnet import ERFNet, NonBottleneck1D
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 
 def _is_conv(m: nn.Module) -> bool:
@@ -108,11 +109,5 @@ def test_a_few_adam_steps_reduce_the_loss() -> None:
     model = MODELS.build("erfnet", num_classes=3, dropout=0.0, dropout_stage1=0.0).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     x, y = torch.randn(2, 3, 24, 24), torch.randint(0, 3, (2, 24, 24))
-    losses = []
-    for _ in range(5):
-        loss = F.cross_entropy(model(x)["out"], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(model(x)["out"], y), opt, 5)
     assert losses[-1] < losses[0]

@@ -13,6 +13,7 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.models.fcdensenet import FCDenseNet
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 
 def _meta(name: str, num_classes: int = 11) -> FCDenseNet:
@@ -72,11 +73,5 @@ def test_a_few_adam_steps_reduce_the_loss() -> None:
     model = MODELS.build("fcdensenet56", num_classes=3, dropout=0.0).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
-    losses = []
-    for _ in range(5):
-        loss = F.cross_entropy(model(x)["out"], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(model(x)["out"], y), opt, 5)
     assert losses[-1] < losses[0]

@@ -16,6 +16,7 @@ from semseg.errors import ConfigError
 from semseg.models import fcn
 from semseg.models._blocks import bilinear_kernel
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +121,5 @@ def test_sgd_on_the_heads_reduces_the_loss(fcn8s: fcn.FCN) -> None:
     heads = [p for p in fcn8s.parameters() if p.requires_grad]
     opt = torch.optim.SGD(heads, lr=0.05, momentum=0.9)
     x, y = torch.randn(1, 3, 32, 32), torch.randint(0, 3, (1, 32, 32))
-    losses = []
-    for _ in range(4):
-        loss = F.cross_entropy(fcn8s(x)["out"], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(fcn8s(x)["out"], y), opt, 4)
     assert losses[-1] < losses[0]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import semseg.models._backbones as backbones
 from semseg.models import linknet
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +108,5 @@ def test_training_steps_reduce_the_loss(net: linknet.LinkNet) -> None:
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 8, 8)).repeat_interleave(4, 1).repeat_interleave(4, 2)
-    losses = []
-    for _ in range(5):
-        loss = F.cross_entropy(net(x)["out"], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(net(x)["out"], y), opt, 5)
     assert losses[-1] < 0.9 * losses[0], losses

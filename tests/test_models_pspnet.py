@@ -14,6 +14,7 @@ import semseg.models._backbones as backbones
 from semseg.errors import ConfigError
 from semseg.models import pspnet
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 NAMES = ("pspnet50", "pspnet101", "pspnet50_deepstem", "pspnet101_deepstem")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # He et al. 2016, Table 1
@@ -155,13 +156,11 @@ def test_sgd_with_aux_loss_reduces_the_loss(psp50: pspnet.PSPNet) -> None:
         feats = psp50.backbone(x)
     heads = [psp50.ppm, psp50.head, psp50.aux]
     opt = torch.optim.SGD([p for m in heads for p in m.parameters()], lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(5):
+
+    def main_plus_aux_loss() -> torch.Tensor:
         out = F.interpolate(psp50.head(psp50.ppm(feats["layer4"])), size=(32, 32), mode="bilinear")
         aux = F.interpolate(psp50.aux(feats["layer3"]), size=(32, 32), mode="bilinear")
-        loss = F.cross_entropy(out, y) + 0.4 * F.cross_entropy(aux, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return F.cross_entropy(out, y) + 0.4 * F.cross_entropy(aux, y)
+
+    losses = fit(main_plus_aux_loss, opt, 5)
     assert losses[-1] < 0.9 * losses[0], losses

@@ -15,6 +15,7 @@ import semseg.models._backbones as backbones
 from semseg.errors import ConfigError
 from semseg.models import refinenet
 from semseg.registry import MODELS
+from tests.fixtures.training import fit
 
 K3 = 9 * 256 * 256  # one 3×3 256→256 conv without bias
 
@@ -164,11 +165,5 @@ def test_sgd_reduces_the_loss(lw50: refinenet.RefineNet) -> None:
     opt = torch.optim.SGD(lw50.parameters(), lr=3e-4, momentum=0.9)
     x, y = torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
     y[:, :, 16:], y[:, 16:, :] = 1, 2  # a learnable layout (quadrant classes)
-    losses = []
-    for _ in range(4):
-        loss = F.cross_entropy(lw50(x)["out"], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(lambda: F.cross_entropy(lw50(x)["out"], y), opt, 4)
     assert all(b < a for a, b in zip(losses, losses[1:])), losses

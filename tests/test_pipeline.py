@@ -59,6 +59,14 @@ def test_validate_reproduces_the_training_metric(trained: Path, tmp_path: Path, 
     assert len(metrics["confusion"]) == 6 and "road" in capsys.readouterr().out
 
 
+def test_validate_names_what_does_not_fit(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert validate.main(["--checkpoint", str(trained / "last.pt"), "--set", "model.name=erfnet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {trained / 'last.pt'}: checkpoint does not fit the model (") and len(err.splitlines()) == 1
+    assert validate.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: checkpoint not found" in capsys.readouterr().err
+
+
 def test_test_script_writes_ids_colours_and_overlays(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     assert test_script.main(["--checkpoint", str(trained / "best.pt"), "--split", "test", "--out", str(out), "--confidence"]) == 0

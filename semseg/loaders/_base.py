@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from semseg.errors import DataError
+from semseg.loaders._download import Resource, fetch
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,15 @@ class SegmentationDataset(Dataset):
     PALETTE: ClassVar[tuple[tuple[int, int, int], ...]] = ()
     IGNORE_INDEX: ClassVar[int] = 255
     LAYOUT: ClassVar[str] = ""  # shown when the root does not look like the dataset
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    RESOURCES: ClassVar[tuple[Resource, ...]] = ()  # archives for scripted download, if the licence allows
+
+    @classmethod
+    def download(cls, root: str | Path) -> Path:
+        """Fetch and unpack the dataset under ``root``; returns the path to use as ``data.root``."""
+        if not cls.RESOURCES:
+            raise DataError(f"{cls.__name__} has no scripted download (registration required); see its doc/*.md")
+        return fetch(cls.RESOURCES, root)
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -134,3 +134,14 @@ class ResNetFeatures(nn.Module):
             feats[name] = x
         return feats
 
+
+
+def set_block_dilation(layer: nn.Sequential, rates: Sequence[int]) -> None:
+    """Give the 3×3 conv of each residual block in ``layer`` its own dilation rate.
+
+    Padding equals the rate, so the spatial size is unchanged. PSPNet sets every
+    block of a stage to one rate; DUC-HDC cycles rates such as 1, 2, 5, 9.
+    """
+    for block, rate in zip(layer, rates, strict=True):
+        block.conv2.dilation = (rate, rate)
+        block.conv2.padding = (rate, rate)

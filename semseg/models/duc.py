@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures
+from semseg.models._backbones import Pretrained, ResNetFeatures, set_block_dilation
 from semseg.registry import MODELS
 
 UPSCALE = 8  # the trunk's output stride = DUC's upscaling factor d (§3.1)
@@ -49,16 +49,6 @@ def hdc_rates(num_blocks: int) -> list[int]:
     For ResNet-101 (23 blocks) this is 2, 2, 5, 9, 1, 2, 5, 9, …, 1, 2, 5, as released.
     """
     return [2] + [HDC_CYCLE[i % len(HDC_CYCLE)] for i in range(1, num_blocks)]
-
-
-def _set_dilation(layer: nn.Sequential, rates: Sequence[int]) -> None:
-    """Set each residual block's 3×3 conv to its rate (padding = rate keeps the size).
-
-    A private twin of ``pspnet.set_dilation``: the two families stay independent.
-    """
-    for block, rate in zip(layer, rates, strict=True):
-        block.conv2.dilation = (rate, rate)
-        block.conv2.padding = (rate, rate)
 
 
 class DenseUpsamplingConv(nn.Module):
@@ -93,8 +83,8 @@ class DUCHDC(nn.Module):
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
             raise ConfigError(f"model.params.aspp_rates: need a list of positive integers, got {aspp_rates!r}")
         self.backbone = ResNetFeatures(depth, output_stride=UPSCALE, pretrained_backbone=pretrained_backbone)
-        _set_dilation(self.backbone.layer3, hdc_rates(len(self.backbone.layer3)))
-        _set_dilation(self.backbone.layer4, HDC_LAYER4)
+        set_block_dilation(self.backbone.layer3, hdc_rates(len(self.backbone.layer3)))
+        set_block_dilation(self.backbone.layer4, HDC_LAYER4)
         self.duc = DenseUpsamplingConv(self.backbone.channels["layer4"], num_classes, UPSCALE, rates)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

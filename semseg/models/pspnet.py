@@ -30,23 +30,12 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, load_pretrained
+from semseg.models._backbones import Pretrained, ResNetFeatures, load_pretrained, set_block_dilation
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
 BINS = (1, 2, 3, 6)  # pyramid levels, paper §3.3 and Fig. 3
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, paper §3.3 / Fig. 3(b)
-
-
-def set_dilation(layer: nn.Sequential, rates: Sequence[int]) -> None:
-    """Give the 3×3 conv of each residual block in ``layer`` its own dilation rate.
-
-    Padding equals the rate, so the spatial size is unchanged. (DUC-HDC keeps its
-    own copy of this helper so that the two families stay independent.)
-    """
-    for block, rate in zip(layer, rates, strict=True):
-        block.conv2.dilation = (rate, rate)
-        block.conv2.padding = (rate, rate)
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,7 +119,7 @@ class PSPNet(nn.Module):
             self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
         for name, rate in DILATION.items():
             layer = getattr(self.backbone, name)
-            set_dilation(layer, [rate] * len(layer))
+            set_block_dilation(layer, [rate] * len(layer))
         channels = self.backbone.channels
         self.ppm = PyramidPooling(channels["layer4"])
         self.head = _head(self.ppm.out_channels, 512, num_classes, dropout)
