@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import tarfile
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from semseg.errors import DataError
 from semseg.loaders._download import Resource, fetch
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[str]:
-    """Base URL of an HTTP server on 127.0.0.1 serving ``tmp_path``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture

@@ -75,6 +75,10 @@ class SegmentationDataset(Dataset):
         """Mask file contents → H×W uint8 class ids, ignored pixels = ``IGNORE_INDEX``."""
         raise NotImplementedError
 
+    def read_mask(self, path: Path) -> np.ndarray:
+        """Mask file → class ids; override for masks that are not images (e.g. SBD's ``.mat``)."""
+        return self.decode_mask(_open(path), path)
+
     # ------------------------------------------------------------------ shared
     @property
     def num_classes(self) -> int:
@@ -96,7 +100,7 @@ class SegmentationDataset(Dataset):
         path = self.samples[index].mask
         if path is None:
             raise DataError(f"{self.samples[index].image}: split '{self.split}' has no masks")
-        ids = self.decode_mask(_open(path), path)
+        ids = self.read_mask(path)
         valid = (ids < self.num_classes) | (ids == self.IGNORE_INDEX)
         if not valid.all():
             bad = sorted(set(np.unique(ids[~valid]).tolist()))[:5]

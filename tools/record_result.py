@@ -1,0 +1,61 @@
+"""Record a finished run in doc/results/<dataset>.json (and print the Markdown row).
+
+    python tools/record_result.py runs/enet_camvid_cpu --device "CPU, 2 cores" \
+        --command "python train.py --config configs/enet_camvid.yml --set ..."
+
+Reads the run folder's ``config.yml`` and ``metrics.jsonl``: the best validation
+record (the one ``best.pt`` holds), the epochs, and the wall time summed over
+epochs. One entry per run name; recording again replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+
+def summarise(run: Path) -> dict:
+    cfg = yaml.safe_load((run / "config.yml").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in records if r["type"] == "val"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    if not vals:
+        raise SystemExit(f"{run}/metrics.jsonl: no validation record")
+    best = max(vals, key=lambda r: r["miou"])
+    return {
+        "run": run.name,
+        "model": cfg["model"]["name"],
+        "dataset": cfg["data"]["name"],
+        "split": cfg["data"]["val_split"],
+        "epochs": max(r["epoch"] for r in epochs),
+        "best_epoch": best["epoch"],
+        "val_miou": round(100 * best["miou"], 2),
+        "pixel_acc": round(100 * best["pixel_acc"], 2),
+        "per_class_iou": {k: (None if v != v else round(100 * v, 2)) for k, v in best["iou"].items()},
+        "wall_time_min": round(sum(r["seconds"] for r in epochs) / 60, 1),
+        "crop": cfg["augment"]["crop"],
+        "batch_size": cfg["data"]["batch_size"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--device", required=True, help='e.g. "CPU, 2 cores (no GPU)"')
+    parser.add_argument("--command", required=True, help="the exact command that trained it")
+    parser.add_argument("--config", help="the recipe file the command used")
+    parser.add_argument("--note", default="", help="what differs from the paper's recipe")
+    args = parser.parse_args()
+    entry = summarise(args.run) | {"device": args.device, "command": args.command, "config": args.config, "note": args.note}
+    out = Path(__file__).resolve().parents[1] / "doc" / "results" / f"{entry['dataset']}.json"
+    entries = json.loads(out.read_text()) if out.is_file() else []
+    entries = [e for e in entries if e["run"] != entry["run"]] + [entry]
+    out.write_text(json.dumps(entries, indent=1) + "\n")
+    print(f"| {entry['model']} | {entry['val_miou']:.1f} | {entry['epochs']} | {entry['crop']} | {entry['device']} | {entry['wall_time_min']} min |")
+
+
+if __name__ == "__main__":
+    main()
