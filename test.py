@@ -2,6 +2,12 @@
 
     python test.py --checkpoint runs/enet_camvid/best.pt --split test --out predictions/
     python test.py --checkpoint runs/enet_camvid/best.pt --input photos/ street.jpg list.txt
+    python test.py --checkpoint runs/enet_camvid/best.pt --input drive.mp4 --every 5 --mode slide --tile 360 480
+
+Inputs are image files, folders of images, .txt lists of paths, animated GIFs
+and videos (.mp4 .avi .mov .mkv .webm, decoded with PyAV: ``pip install av``);
+frame ``i`` of ``clip.mp4`` is written as ``clip_<i:06d>.png``, every ``--every``-th
+frame only. The inference flags are shortcuts for ``--set infer.*`` (doc/inference.md).
 
 For every image, under ``--out``: ``color/<name>.png`` (palette colours),
 ``overlay/<name>.png`` (colours blended over the image) and ``ids/<name>.png``
@@ -13,39 +19,54 @@ never appears since every pixel gets a class). ``--confidence`` also writes
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
+import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageSequence
 from tqdm import tqdm
 
-from semseg.build import resolve_device, restore
+from semseg.build import resolve_device, restore, writable_dir
 from semseg.cli import run_script
 from semseg.config import Config
 from semseg.errors import DataError
-from semseg.inference import predict_image
+from semseg.inference import add_infer_args, check_infer, describe, infer_overrides, predict_image
 from semseg.loaders import build_dataset
+from semseg.loaders._base import to_rgb
 from semseg.visualize import colorize, overlay
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}  # folders are scanned for images only
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by train.py")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", help="image files, folders of images, or .txt lists of image paths")
+    source.add_argument("--input", nargs="+", help="image or video files, folders of images, or .txt lists of paths")
     source.add_argument("--split", help="a split of the checkpoint's dataset (e.g. test)")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--confidence", action="store_true", help="also write per-pixel confidence PNGs")
+    parser.add_argument("--every", type=positive_int, default=1, metavar="N", help="videos and GIFs: keep every Nth frame (default 1)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
+    add_infer_args(parser)
     return parser.parse_args(argv)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for --every: 0 or a negative step would silently write nothing."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Expand folders and .txt lists into image files; each input must yield something."""
+    """Expand folders and .txt lists into image and video files; each input must yield something."""
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -57,6 +78,9 @@ def image_paths(inputs: list[str]) -> list[Path]:
             listed = [Path(line.strip()) for line in item.read_text().splitlines() if line.strip()]
             if not listed:
                 raise DataError(f"{item}: file list is empty")
+            absent = next((p for p in listed if not p.is_file()), None)
+            if absent is not None:  # found now, not after half the predictions are written
+                raise DataError(f"{item}: lists {absent}, which does not exist")
             paths += listed
         elif item.is_file():
             paths.append(item)
@@ -66,27 +90,109 @@ def image_paths(inputs: list[str]) -> list[Path]:
 
 
 def load_rgb(path: Path) -> Image.Image:
+    """Any image file as RGB (greyscale, RGBA, palette and 16-bit converted), or a one-line error."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            rgb = to_rgb(image, path)
+            return rgb.copy() if rgb is image else rgb  # `image` is closed on return
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError; truncated files too
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+def import_av(path: Path) -> ModuleType:
+    """PyAV, imported only when a video is given: it is an optional dependency."""
+    try:
+        return importlib.import_module("av")
+    except ImportError:
+        raise DataError(f"{path}: reading video needs PyAV, which is not installed (pip install av)") from None
+
+
+def probe_video(path: Path, every: int) -> Optional[int]:
+    """Kept-frame count of a video (None when the container does not say); opening it here fails early."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    av = import_av(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: holds no video stream")
+            frames = container.streams.video[0].frames
+    except av.error.FFmpegError as exc:
+        raise DataError(f"{path}: cannot read video ({exc.strerror or type(exc).__name__})") from None
+    return math.ceil(frames / every) if frames > 0 else None
+
+
+def video_frames(path: Path, every: int) -> Iterator[tuple[str, Image.Image]]:
+    """Every ``every``-th decoded frame as (``<stem>_<index:06d>``, RGB image); index counts all frames."""
+    av = import_av(path)
+    try:
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index % every == 0:
+                    yield f"{path.stem}_{index:06d}", frame.to_image()
+    except av.error.FFmpegError as exc:
+        raise DataError(f"{path}: cannot decode video ({exc.strerror or type(exc).__name__})") from None
+
+
+def gif_frames(path: Path, every: int) -> Iterator[tuple[str, Image.Image]]:
+    """Frames of an animated GIF named like video frames; a still GIF is one image named by its stem.
+
+    PIL rather than ``torchvision.io.decode_gif``, which torchvision 0.29 deprecates.
+    """
+    try:
+        with Image.open(path) as gif:
+            if getattr(gif, "n_frames", 1) == 1:
+                yield path.stem, gif.convert("RGB")
+                return
+            for index, frame in enumerate(ImageSequence.Iterator(gif)):
+                if index % every == 0:
+                    yield f"{path.stem}_{index:06d}", frame.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
-def images(args: argparse.Namespace, cfg: Config) -> tuple[int, Iterator[tuple[str, Image.Image]]]:
-    """How many images, and a lazy stream of (name, image); input errors surface here, before any work."""
+def frames_of(path: Path, every: int) -> Iterator[tuple[str, Image.Image]]:
+    """(name, image) pairs from one input file: an image, a GIF or a video."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        yield from video_frames(path, every)
+    elif suffix == ".gif":
+        yield from gif_frames(path, every)
+    else:
+        yield path.stem, load_rgb(path)
+
+
+def count_of(path: Path, every: int) -> Optional[int]:
+    """Predictions one input file will give (None: unknown until decoded)."""
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return probe_video(path, every)
+    if path.suffix.lower() == ".gif":
+        return None
+    return 1
+
+
+def images(args: argparse.Namespace, cfg: Config) -> tuple[Optional[int], Iterator[tuple[str, Image.Image]]]:
+    """How many images (None: unknown), and a lazy stream of (name, image); input errors surface here, before any work."""
     if args.split:
         dataset = build_dataset(cfg.data, args.split)
         return len(dataset), ((s.image.stem, dataset.load_image(i)) for i, s in enumerate(dataset.samples))
     paths = image_paths(args.input)
-    return len(paths), ((p.stem, load_rgb(p)) for p in paths)
+    counts = [count_of(p, args.every) for p in paths]
+    total = None if None in counts else sum(counts)
+    return total, (item for p in paths for item in frames_of(p, args.every))
 
 
 def prepare_out(out: Path, kinds: list[str]) -> None:
+    """Create ``out/<kind>/``, or a one-line error when ``out`` is a file or not writable."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output path exists and is not a folder")
+    for folder in (out, *(out / kind for kind in kinds)):
+        writable_dir(folder, "output folder")
     try:
         for kind in kinds:
             (out / kind).mkdir(parents=True, exist_ok=True)
@@ -94,27 +200,39 @@ def prepare_out(out: Path, kinds: list[str]) -> None:
         raise DataError(f"{out}: cannot create output folder ({exc.strerror})") from None
 
 
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG via a temporary file + rename: a failure (disk full) leaves no truncated PNG behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write prediction ({(exc.strerror or type(exc).__name__).lower()})") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    model, cfg, ckpt = restore(args.checkpoint, args.set)
+    model, cfg, ckpt = restore(args.checkpoint, args.set + infer_overrides(args))
+    check_infer(cfg.infer)
     device = resolve_device(cfg.train.device)
     model.to(device)
     palette = [tuple(c) for c in ckpt["palette"]]
     out = Path(args.out)
     kinds = ["color", "overlay", "ids"] + (["confidence"] if args.confidence else [])
+    total, stream = images(args, cfg)  # bad inputs fail here, before the output folder is made
     prepare_out(out, kinds)
-    total, stream = images(args, cfg)
     count = 0
     for name, image in tqdm(stream, total=total, desc="predict", dynamic_ncols=True, disable=None):
-        ids, confidence = predict_image(model, image, cfg.augment, device)
+        ids, confidence = predict_image(model, image, cfg.augment, device, cfg.infer)
         ids_np = ids.numpy().astype(np.uint8)
         colors = colorize(ids_np, palette)
-        Image.fromarray(ids_np, mode="L").save(out / "ids" / f"{name}.png")
-        Image.fromarray(colors, mode="RGB").save(out / "color" / f"{name}.png")
-        overlay(image, colors).save(out / "overlay" / f"{name}.png")
+        save_png(Image.fromarray(ids_np, mode="L"), out / "ids" / f"{name}.png")
+        save_png(Image.fromarray(colors, mode="RGB"), out / "color" / f"{name}.png")
+        save_png(overlay(image, colors), out / "overlay" / f"{name}.png")
         if args.confidence:
-            Image.fromarray((confidence.numpy() * 255).round().astype(np.uint8), mode="L").save(out / "confidence" / f"{name}.png")
+            save_png(Image.fromarray((confidence.numpy() * 255).round().astype(np.uint8), mode="L"), out / "confidence" / f"{name}.png")
         count += 1
-    print(f"wrote {count} predictions to {out}/ ({', '.join(kinds)})")
+    print(f"wrote {count} predictions to {out}/ ({', '.join(kinds)}; inference: {describe(cfg.infer)})")
     return 0
 
 

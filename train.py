@@ -2,15 +2,19 @@
 
     python train.py                                   # built-in synthetic scenes, a few minutes on CPU
     python train.py --config configs/enet_camvid.yml --set data.root=data/CamVid train.epochs=50
-    python train.py --resume runs/enet_camvid/last.pt  # continue where it stopped
+    python train.py --resume runs/enet_camvid/last.pt  # continue where it stopped (bit-identical on CPU)
+    torchrun --nproc_per_node=4 train.py --config configs/pspnet50_camvid.yml   # DistributedDataParallel
 
 Writes ``runs/<name>/``: the resolved ``config.yml``, ``metrics.jsonl`` (every
-logged number), ``last.pt`` each epoch and ``best.pt`` by validation mIoU.
+logged number), ``last.pt`` each epoch, ``best.pt`` by validation mIoU and, with
+``train.keep_last``, the last N ``epoch_XXXX.pt``. Ctrl-C (or SIGTERM) finishes the
+current step, saves a resumable ``last.pt`` and exits with code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,22 +22,28 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from semseg.augmentations import eval_transforms, train_transforms
-from semseg.build import build_model, new_run_dir, resolve_device
+from semseg.build import build_model, check_loss, new_run_dir, resolve_device
+from semseg.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_state, prune_epoch_checkpoints,
+                               remove_stale_temp_files, rng_state, save_atomic, set_rng_state)  # fmt: skip
 from semseg.cli import run_script
-from semseg.checkpoint import FORMAT_VERSION, load_checkpoint, load_model_state, rng_state, save_atomic, set_rng_state
 from semseg.config import Config, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
-from semseg.engine import TrainState, evaluate, train_one_epoch
-from semseg.loaders import SegmentationDataset, build_dataset
+from semseg.data import make_loaders, set_epoch
+from semseg.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object, check_sync_bn, cleanup,
+                                device_for, gather_objects, init_distributed)  # fmt: skip
+from semseg.engine import Stepper, TrainState, build_ema, evaluate, train_one_epoch
+from semseg.errors import CheckpointError, ConfigError
+from semseg.loaders import SegmentationDataset
 from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
 from semseg.optim import build_optimizer, lr_factor
+from semseg.stop import StopRequest
 from semseg.visualize import VisdomLogger, colorize, denormalize
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yml")
@@ -68,20 +78,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_loaders(cfg: Config, device: torch.device) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
-    """(the training split without transforms, for metadata and class statistics; train loader; val loader)."""
-    probe = build_dataset(cfg.data, cfg.data.train_split)
-    train_set = build_dataset(cfg.data, cfg.data.train_split, train_transforms(cfg.augment, probe.IGNORE_INDEX))
-    val_set = build_dataset(cfg.data, cfg.data.val_split, eval_transforms(cfg.augment))
-    # Reseeded every epoch (see train()), so shuffling and worker seeds depend only on (seed, epoch)
-    # and a resumed run sees exactly the batches an uninterrupted one would.
-    generator = torch.Generator()
-    common = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=len(train_set) > cfg.data.batch_size, generator=generator, **common)
-    val_loader = DataLoader(val_set, cfg.data.val_batch_size, shuffle=False, **common)
-    return probe, train_loader, val_loader
-
-
 def loss_weights(cfg: Config, probe: SegmentationDataset, run_dir: Path) -> Optional[torch.Tensor]:
     """Class weights from the training split's pixel counts, cached in the run folder."""
     if cfg.loss.class_weights == "none":
@@ -108,80 +104,159 @@ def show_images(viz: VisdomLogger, kept: list, probe: SegmentationDataset, cfg: 
         viz.images("val_images", np.stack(rows).transpose(0, 3, 1, 2), f"epoch {epoch}: image / truth / prediction")
 
 
+def build_stepper(cfg: Config, num_classes: int, device: torch.device, ctx: DistContext) -> Stepper:
+    """Model (+ SyncBN, channels_last, EMA, DDP, compile, in that order), optimiser and grad scaler."""
+    raw = build_model(cfg.model, num_classes)
+    if check_sync_bn(ctx, device, cfg.train.sync_bn):
+        raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw = raw.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    ema = build_ema(raw, cfg.train.ema)
+    model: torch.nn.Module = raw
+    if ctx.enabled:
+        model = DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
+    # the criterion comes later, once the class weights are known
+    return Stepper(model, raw, torch.nn.Identity(), build_optimizer(cfg.optim, raw), device, cfg.train, ctx, scaler, ema)
+
+
+def restore_training(stepper: Stepper, ckpt: dict, path: str, ctx: DistContext) -> TrainState:
+    """Weights, optimiser, grad scaler, EMA, progress and this rank's RNG state from ``ckpt``."""
+    load_model_state(stepper.raw, ckpt["model"], path)
+    stepper.optimizer.load_state_dict(ckpt["optimizer"])
+    if stepper.scaler is not None and ckpt.get("scaler"):
+        stepper.scaler.load_state_dict(ckpt["scaler"])
+    if stepper.ema is not None:
+        if ckpt.get("ema") is None:
+            raise CheckpointError(f"{path}: train.ema is on but the checkpoint holds no EMA weights")
+        stepper.ema.load_state_dict(ckpt["ema"])
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
+    logger.info("resumed %s at epoch %d, iteration %d", path, ckpt["state"]["epoch"], ckpt["state"]["iteration"])
+    return TrainState(**ckpt["state"])
+
+
+def checkpoint_dict(stepper: Stepper, state: TrainState, cfg: Config, probe: SegmentationDataset, metrics: Optional[dict], ctx: DistContext) -> dict:
+    rng_ranks = gather_objects(rng_state(), ctx)  # every rank's, so a resume restores each one's own
+    return {
+        "format_version": FORMAT_VERSION, "model": stepper.raw.state_dict(), "optimizer": stepper.optimizer.state_dict(),
+        "ema": stepper.ema.state_dict() if stepper.ema is not None else None,
+        "scaler": stepper.scaler.state_dict() if stepper.scaler is not None else None,
+        "state": dataclasses.asdict(state), "config": config_to_dict(cfg), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
+        "classes": list(probe.CLASSES), "palette": [list(c) for c in probe.PALETTE],
+        "ignore_index": probe.IGNORE_INDEX, "dataset": cfg.data.name, "metrics": metrics,
+    }  # fmt: skip
+
+
+def save(checkpoint: dict, run_dir: Path, ctx: DistContext, *names: str) -> None:
+    """Rank 0 writes (atomically); the others wait, so no rank runs ahead of a checkpoint."""
+    if ctx.is_main:
+        for name in names:
+            save_atomic(checkpoint, run_dir / name)
+    barrier(ctx)
+
+
+def validate_epoch(cfg: Config, state: TrainState, stepper: Stepper, val_loader: DataLoader, probe: SegmentationDataset,
+                   viz: Optional[VisdomLogger], log: Callable[[dict], None]) -> dict:  # fmt: skip
+    """Score the val split (with the EMA weights when on), log and plot it; the confusion is summed over ranks."""
+    model = stepper.ema.module if stepper.ema is not None else stepper.model
+    confusion, kept = evaluate(model, val_loader, probe.num_classes, probe.IGNORE_INDEX, stepper.device,
+                               cfg.log.num_val_images, cfg.infer, cfg.train.amp)  # fmt: skip
+    metrics = confusion.all_reduce().compute()
+    iou = dict(zip(probe.CLASSES, metrics["iou"]))
+    log({"type": "val", "epoch": state.epoch, "iteration": state.iteration, **{k: v for k, v in metrics.items() if k != "iou"}, "iou": iou})
+    logger.info("epoch %d: val mIoU %.2f%%, pixel acc %.2f%%%s", state.epoch, 100 * metrics["miou"],
+                100 * metrics["pixel_acc"], " (EMA weights)" if stepper.ema is not None else "")  # fmt: skip
+    if viz is not None:
+        viz.line("val_miou", state.epoch, {"mIoU": metrics["miou"]}, "validation mIoU")
+        viz.line("val_class_iou", state.epoch, {k: (0.0 if v != v else v) for k, v in iou.items()}, "validation IoU per class")
+        show_images(viz, kept, probe, cfg, state.epoch)
+    return metrics
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     return run_script(train, parse_args(argv))
 
 
 def train(args: argparse.Namespace) -> int:
     cfg, config_path, ckpt = resolve_config(args)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    device = resolve_device(cfg.train.device)
-    probe, train_loader, val_loader = make_loaders(cfg, device)
-    model = build_model(cfg.model, probe.num_classes).to(device)
-    optimizer = build_optimizer(cfg.optim, model)
-    state = TrainState()
-    if ckpt is not None:
-        run_dir = Path(cfg.train.resume).resolve().parent
-        load_model_state(model, ckpt["model"], cfg.train.resume)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
-        logger.info("resumed %s at epoch %d, iteration %d", cfg.train.resume, state.epoch, state.iteration)
-    else:
-        run_dir = new_run_dir(cfg, config_path)
-    (run_dir / "config.yml").write_text(dump_config(cfg))
-    criterion = build_criterion(cfg.loss, probe.IGNORE_INDEX, loss_weights(cfg, probe, run_dir)).to(device)
-    iters_per_epoch = len(train_loader)
-    total_iters = cfg.train.epochs * iters_per_epoch
-    lr_at = lambda it: cfg.optim.lr * lr_factor(it, total_iters, iters_per_epoch, cfg.schedule)  # noqa: E731
-    viz = VisdomLogger(cfg.log.visdom_server, cfg.log.visdom_port, cfg.log.visdom_env or run_dir.name, cfg.log.visdom)
-    params = sum(p.numel() for p in model.parameters())
-    logger.info("run folder %s | %s (%.2fM params) on %s | %s: %d train / %d val images, %d iterations per epoch",
-                run_dir, cfg.model.name, params / 1e6, device, cfg.data.name, len(train_loader.dataset),
-                len(val_loader.dataset), iters_per_epoch)  # fmt: skip
+    ctx = init_distributed(cfg.train.device)
+    try:
+        return fit(cfg, config_path, ckpt, ctx)
+    finally:
+        cleanup(ctx)
 
-    with open(run_dir / "metrics.jsonl", "a") as metrics_log:
+
+def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: DistContext) -> int:
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone reports
+    seed_everything(cfg.train.seed + ctx.rank, cfg.train.deterministic)  # initial weights are rank 0's (DDP broadcasts)
+    device = device_for(ctx, resolve_device(cfg.train.device))
+    probe, train_loader, val_loader = make_loaders(cfg, device, ctx)
+    stepper = build_stepper(cfg, probe.num_classes, device, ctx)
+    state = restore_training(stepper, ckpt, cfg.train.resume, ctx) if ckpt is not None else TrainState()
+    run_dir = Path(cfg.train.resume).resolve().parent if ckpt is not None else None
+    check_loss(cfg.loss)  # a bad loss name or parameter fails before a run folder exists
+    if ctx.is_main:
+        run_dir = run_dir or new_run_dir(cfg, config_path)
+        remove_stale_temp_files(run_dir)  # what a kill -9 mid-save left behind
+        (run_dir / "config.yml").write_text(dump_config(cfg))
+    weights = broadcast_object(loss_weights(cfg, probe, run_dir) if ctx.is_main else None, ctx)
+    stepper.criterion = build_criterion(cfg.loss, probe.IGNORE_INDEX, weights).to(device)
+    steps_per_epoch = len(train_loader) // cfg.train.accumulate
+    if steps_per_epoch < 1:
+        raise ConfigError(f"train.accumulate: {cfg.train.accumulate} micro-batches per step, but an epoch has {len(train_loader)}")
+    total_iters = cfg.train.epochs * steps_per_epoch
+    lr_at = lambda it: cfg.optim.lr * lr_factor(it, total_iters, steps_per_epoch, cfg.schedule)  # noqa: E731
+    viz = VisdomLogger(cfg.log.visdom_server, cfg.log.visdom_port, cfg.log.visdom_env or run_dir.name, cfg.log.visdom) if ctx.is_main else None
+    logger.info("run folder %s | %s (%.2fM params) on %s%s | %s: %d train / %d val images, %d steps per epoch",
+                run_dir, cfg.model.name, sum(p.numel() for p in stepper.raw.parameters()) / 1e6, device,
+                f" × {ctx.world_size} processes" if ctx.enabled else "", cfg.data.name, len(train_loader.dataset),
+                len(val_loader.dataset), steps_per_epoch)  # fmt: skip
+
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(StopRequest())
+        metrics_log = stack.enter_context(open(run_dir / "metrics.jsonl", "a")) if ctx.is_main else None
 
         def log(record: dict) -> None:
+            if metrics_log is None:
+                return
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
             if record["type"] == "train":
                 viz.line("train_loss", record["iteration"], {"loss": record["loss"]}, "training loss")
                 viz.line("lr", record["iteration"], {"lr": record["lr"]}, "learning rate")
 
-        last_metrics: Optional[dict] = None
+        metrics: Optional[dict] = ckpt.get("metrics") if ckpt is not None else None
         while state.epoch < cfg.train.epochs:
             start = time.time()
-            train_loader.generator.manual_seed(cfg.train.seed * 100_003 + state.epoch)
-            mean_loss = train_one_epoch(model, train_loader, criterion, optimizer, lr_at, state, device, log, cfg.log.print_every)
-            state.epoch += 1
-            log({"type": "epoch", "epoch": state.epoch, "iteration": state.iteration, "loss": mean_loss,
-                 "lr": lr_at(state.iteration), "seconds": round(time.time() - start, 2), "non_finite_steps": state.non_finite_steps})  # fmt: skip
+            set_epoch(train_loader, state.epoch, state.step_in_epoch * cfg.train.accumulate * cfg.data.batch_size)
+            if not train_one_epoch(stepper, train_loader, steps_per_epoch, lr_at, state, log, stop, cfg.log.print_every):
+                save(checkpoint_dict(stepper, state, cfg, probe, metrics, ctx), run_dir, ctx, "last.pt")
+                logger.warning("stopped at iteration %d; resume with: python train.py --resume %s", state.iteration, (run_dir or Path(".")) / "last.pt")
+                return 130
+            mean_loss = all_reduce_sum(torch.tensor([state.epoch_loss_sum / max(1, state.step_in_epoch)]), ctx).item() / ctx.world_size
+            state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+            log({"type": "epoch", "epoch": state.epoch, "iteration": state.iteration, "loss": mean_loss, "lr": lr_at(state.iteration),
+                 "seconds": round(time.time() - start, 2), "non_finite_steps": state.non_finite_steps,
+                 "skipped_samples": getattr(train_loader.dataset.dataset, "skipped", 0)})  # fmt: skip
             logger.info("epoch %d/%d: loss %.4f (%.1fs)", state.epoch, cfg.train.epochs, mean_loss, time.time() - start)
             is_best = False
             if state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.epochs:
-                confusion, kept = evaluate(model, val_loader, probe.num_classes, probe.IGNORE_INDEX, device, cfg.log.num_val_images)
-                last_metrics = confusion.compute()
-                iou = dict(zip(probe.CLASSES, last_metrics["iou"]))
-                log({"type": "val", "epoch": state.epoch, "iteration": state.iteration, **{k: v for k, v in last_metrics.items() if k != "iou"}, "iou": iou})
-                logger.info("epoch %d: val mIoU %.2f%%, pixel acc %.2f%%", state.epoch, 100 * last_metrics["miou"], 100 * last_metrics["pixel_acc"])
-                viz.line("val_miou", state.epoch, {"mIoU": last_metrics["miou"]}, "validation mIoU")
-                viz.line("val_class_iou", state.epoch, {k: (0.0 if v != v else v) for k, v in iou.items()}, "validation IoU per class")
-                show_images(viz, kept, probe, cfg, state.epoch)
-                is_best = last_metrics["miou"] > state.best_miou
-                state.best_miou = max(state.best_miou, last_metrics["miou"])
-            checkpoint = {
-                "format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": dataclasses.asdict(state), "config": config_to_dict(cfg), "rng": rng_state(),
-                "classes": list(probe.CLASSES), "palette": [list(c) for c in probe.PALETTE],
-                "ignore_index": probe.IGNORE_INDEX, "dataset": cfg.data.name, "metrics": last_metrics,
-            }  # fmt: skip
-            save_atomic(checkpoint, run_dir / "last.pt")
-            if is_best:
-                save_atomic(checkpoint, run_dir / "best.pt")
+                metrics = validate_epoch(cfg, state, stepper, val_loader, probe, viz, log)
+                is_best = metrics["miou"] > state.best_miou
+                state.best_miou = max(state.best_miou, metrics["miou"])
+            # last.pt is written last: a run killed between two saves resumes before this epoch and redoes it all
+            names = (["best.pt"] if is_best else []) + ([f"epoch_{state.epoch:04d}.pt"] if cfg.train.keep_last else []) + ["last.pt"]
+            save(checkpoint_dict(stepper, state, cfg, probe, metrics, ctx), run_dir, ctx, *names)
+            if ctx.is_main and cfg.train.keep_last:
+                prune_epoch_checkpoints(run_dir, cfg.train.keep_last)
+    if not ctx.is_main:
+        return 0
     viz.close()
-    if last_metrics is not None:
-        print(format_table(last_metrics, probe.CLASSES, title=f"{cfg.model.name} on {cfg.data.name} {cfg.data.val_split}, epoch {state.epoch}"))
+    if metrics is not None:
+        print(format_table(metrics, probe.CLASSES, title=f"{cfg.model.name} on {cfg.data.name} {cfg.data.val_split}, epoch {state.epoch}"))
     print(f"run folder: {run_dir} (best val mIoU {100 * state.best_miou:.2f}%)")
     return 0
 

@@ -11,15 +11,19 @@ it consumes, or the GPU/CPU waits on data.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from semseg.augmentations import train_transforms
-from semseg.config import AugmentConfig, DataConfig
-from semseg.loaders import build_dataset
-from semseg.models import build
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/loader_throughput.py` from anywhere
+
+from semseg.augmentations import train_transforms  # noqa: E402
+from semseg.config import AugmentConfig, DataConfig  # noqa: E402
+from semseg.loaders import build_dataset  # noqa: E402
+from semseg.models import build  # noqa: E402
 
 
 def loader_rate(root: str, cfg: AugmentConfig, workers: int, batch: int, images: int) -> float:

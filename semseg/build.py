@@ -1,18 +1,20 @@
-"""Steps the three scripts share: device, model, run folder, restoring a checkpoint."""
+"""Steps the three scripts share: device, model, run folder, restoring a checkpoint, output paths."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 import semseg.models  # noqa: F401 - registers the models
 from semseg.checkpoint import load_checkpoint, load_model_state
-from semseg.config import Config, ModelConfig, apply_overrides, config_from_dict, load_config
-from semseg.errors import CheckpointError, ConfigError
+from semseg.config import Config, LossConfig, ModelConfig, apply_overrides, config_from_dict, load_config
+from semseg.errors import CheckpointError, ConfigError, DataError
+from semseg.losses import build_criterion
 from semseg.registry import MODELS
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return MODELS.build_checked(cfg.name, dict(cfg.params, num_classes=num_classes), where="model.params")
 
 
+def check_loss(cfg: LossConfig) -> None:
+    """Build the criterion once, with stand-in class weights, so a bad loss name or parameter is a
+    one-line error *before* a run folder is made (train.py builds the real one after counting pixels)."""
+    weight = torch.ones(1) if cfg.class_weights != "none" else None  # stands in for the counted weights
+    build_criterion(cfg, ignore_index=255, weight=weight)
+
+
 def new_run_dir(cfg: Config, config_path: Optional[str]) -> Path:
     """``<run_dir>/<name>``; never reuses a folder that already holds a run (adds -2, -3, …)."""
     name = cfg.log.name or (Path(config_path).stem if config_path else "run")
@@ -45,8 +54,51 @@ def new_run_dir(cfg: Config, config_path: Optional[str]) -> Path:
     while path.exists() and any(path.iterdir()):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"log.run_dir: cannot create the run folder {path} ({(exc.strerror or str(exc)).lower()})") from None
     return path
+
+
+def check_classes(ckpt: dict[str, Any], classes: Sequence[str], dataset: str, checkpoint: str | Path) -> None:
+    """The checkpoint was trained on the dataset's class list, or a one-line error saying how they differ."""
+    trained = list(ckpt.get("classes") or [])
+    if trained == list(classes):
+        return
+    if len(trained) != len(classes):
+        raise CheckpointError(
+            f"{checkpoint}: trained on {len(trained)} classes ({', '.join(trained[:4])}, …) but dataset "
+            f"'{dataset}' has {len(classes)} ({', '.join(classes[:4])}, …); pass the dataset it was trained on"
+        )
+    i = next(i for i, (a, b) in enumerate(zip(trained, classes)) if a != b)
+    raise CheckpointError(
+        f"{checkpoint}: class {i} is '{trained[i]}' in the checkpoint but '{classes[i]}' in dataset '{dataset}'"
+    )
+
+
+def writable_dir(path: Path, what: str) -> None:
+    """``path`` is (or can be created as) a folder this process may write to; else a one-line error.
+
+    Checked before any work, so a long evaluation never ends in an unwritable output path.
+    """
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise DataError(f"{path}: cannot make the {what}: {existing} exists and is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{path}: cannot write the {what}: {existing} is not writable")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file + rename: a failure leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write ({(exc.strerror or type(exc).__name__).lower()})") from None
 
 
 def restore(checkpoint: str, overrides: list[str], config_path: Optional[str] = None) -> tuple[nn.Module, Config, dict[str, Any]]:
@@ -61,5 +113,10 @@ def restore(checkpoint: str, overrides: list[str], config_path: Optional[str] = 
     if not ckpt.get("classes") or not ckpt.get("palette"):
         raise CheckpointError(f"{checkpoint}: holds no class list or palette (was it written by train.py?)")
     model = build_model(cfg.model, len(ckpt["classes"]))
-    load_model_state(model, ckpt["model"], checkpoint)
+    if ckpt.get("ema") is not None:  # the weights train.py validated (and chose best.pt by)
+        ema_state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        load_model_state(model, ema_state, f"{checkpoint} (EMA weights)")
+        logger.info("%s: using the EMA weights", checkpoint)
+    else:
+        load_model_state(model, ckpt["model"], checkpoint)
     return model, cfg, ckpt

@@ -65,6 +65,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    backbone_lr_mult: float = 1.0  # LR of the pretrained trunk (`backbone.*`/`encoder.*` parameters) × this
+    backbone_weight_decay: Optional[float] = None  # None: same as weight_decay
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,17 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    name: str = "cross_entropy"
+class LossTerm:
+    name: str
+    weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "cross_entropy"  # a single loss; `terms` replaces it with a weighted sum
+    params: dict[str, Any] = field(default_factory=dict)
+    terms: tuple[LossTerm, ...] = ()  # e.g. [{name: cross_entropy}, {name: lovasz, weight: 0.5}]
     class_weights: Literal["none", "enet", "median_freq"] = "none"
     aux_weight: float = 0.4  # PSPNet's auxiliary-loss weight
 
@@ -93,6 +103,25 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     resume: Optional[str] = None
     deterministic: bool = False
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model (train and eval)
+    accumulate: int = 1  # micro-batches per optimiser step
+    clip_grad: Optional[float] = None  # max total gradient norm
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off); validated with it
+    keep_last: int = 0  # also keep the N most recent end-of-epoch checkpoints (epoch_0012.pt, …) besides last/best
+    sync_bn: bool = False  # SyncBatchNorm under torchrun (several processes)
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """How validate.py / test.py (and validation during training) turn an image into class scores."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    tile: tuple[int, int] = (512, 512)  # (H, W) window for mode=slide
+    stride: Optional[tuple[int, int]] = None  # None: two thirds of the tile
+    scales: tuple[float, ...] = (1.0,)  # multi-scale TTA: image scale factors, scores averaged
+    flip: bool = False  # horizontal-flip TTA
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -172,7 +202,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range (~1.8e308)
+            raise ConfigError(f"{key}: expected a number, got an integer of {len(str(abs(value)))} digits") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -182,6 +215,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise TypeError(f"config type {tp} of {key} is not supported")  # a bug in this file, not user input
+
+
+def _printable(key: Any) -> str:
+    """A user's key for a message: line breaks and other control characters escaped, so it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(key))
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -194,7 +232,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            where = f"{prefix}.{key}" if prefix else str(key)
+            where = f"{prefix}.{_printable(key)}" if prefix else _printable(key)
             raise ConfigError(f"unknown key '{where}'{did_you_mean(str(key), names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):

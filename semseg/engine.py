@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from semseg.config import InferConfig, TrainConfig
+from semseg.distributed import DistContext, any_process
 from semseg.errors import SemsegError
+from semseg.inference import predict_scores
 from semseg.metrics import ConfusionMatrix
 from semseg.optim import set_lr
 
 logger = logging.getLogger(__name__)
 
 MAX_NON_FINITE_IN_A_ROW = 10
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,54 +36,168 @@ class TrainState:
     iteration: int = 0  # optimiser steps taken
     best_miou: float = -1.0
     non_finite_steps: int = 0
+    step_in_epoch: int = 0  # optimiser steps taken in the unfinished epoch (a Ctrl-C checkpoint)
+    epoch_loss_sum: float = 0.0  # of those steps, so the epoch's mean loss survives a resume
+    non_finite_in_a_row: int = 0
+
+
+@dataclass
+class Stepper:
+    """How one optimiser step is taken: precision, accumulation, clipping, EMA.
+
+    ``model`` is what runs forward (maybe DDP- or compile-wrapped); ``raw`` the
+    plain module whose weights are saved and averaged into ``ema``.
+    """
+
+    model: nn.Module
+    raw: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    cfg: TrainConfig
+    ctx: DistContext
+    scaler: Optional[torch.amp.GradScaler] = None
+    ema: Optional[AveragedModel] = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.amp])
+
+    def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks.to(self.device, non_blocking=True)
+
+    def backward(self, images: torch.Tensor, masks: torch.Tensor, last_micro: bool) -> float:
+        """Forward + backward of one micro-batch; NaN (and no backward) when any process saw a non-finite loss."""
+        sync = contextlib.nullcontext()
+        if isinstance(self.model, DistributedDataParallel) and not last_micro:
+            sync = self.model.no_sync()  # all-reduce gradients once per optimiser step, not per micro-batch
+        with sync:
+            with self.autocast():
+                loss = self.criterion(self.model(images), masks)
+            value = loss.item()
+            if any_process(not math.isfinite(value), self.ctx, self.device):
+                return math.nan
+            scaled = loss / self.cfg.accumulate
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return value
+
+    def step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.cfg.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw)
+
+
+def build_ema(model: nn.Module, decay: float) -> Optional[AveragedModel]:
+    """EMA of weights and buffers (BN statistics too, so the average is usable as is)."""
+    if decay <= 0:
+        return None
+    if decay >= 1:
+        raise SemsegError(f"train.ema: decay must be below 1 (e.g. 0.9999), got {decay}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _skip_non_finite(stepper: Stepper, state: TrainState) -> None:
+    stepper.optimizer.zero_grad(set_to_none=True)
+    state.non_finite_steps += 1
+    state.non_finite_in_a_row += 1
+    logger.warning("non-finite loss at iteration %d; step skipped", state.iteration)
+    if state.non_finite_in_a_row >= MAX_NON_FINITE_IN_A_ROW:
+        raise SemsegError(
+            f"loss was non-finite for {state.non_finite_in_a_row} steps in a row at iteration {state.iteration}; "
+            "lower optim.lr or check the data (last good checkpoint kept)"
+        )
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """CUDA's ``OutOfMemoryError``, or a CPU allocator's plain ``RuntimeError`` saying the same."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _explain_out_of_memory(run: Callable[[], T], stepper: Stepper, iteration: int, shape: tuple[int, ...]) -> T:
+    """``run()``; out of memory becomes a one-line :class:`SemsegError` naming the batch and what to lower."""
+    try:
+        return run()
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+    # outside the except block, so the traceback holding the batch and its activations is already freed
+    stepper.optimizer.zero_grad(set_to_none=True)
+    if stepper.device.type == "cuda":
+        torch.cuda.empty_cache()
+    batch, chw = shape[0], "×".join(map(str, shape[1:]))
+    lower = "augment.crop"
+    if batch > 1:
+        lower = (f"data.batch_size or augment.crop (data.batch_size={batch // 2} "
+                 f"train.accumulate={2 * stepper.cfg.accumulate} keeps the effective batch)")  # fmt: skip
+    raise SemsegError(
+        f"out of memory at iteration {iteration} with batch {batch} of {chw} on {stepper.device}; lower {lower}"
+        + (", or set train.amp=bf16" if stepper.cfg.amp == "off" else "")
+    )
 
 
 def train_one_epoch(
-    model: nn.Module,
+    stepper: Stepper,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
     lr_at: Callable[[int], float],
     state: TrainState,
-    device: torch.device,
     log: Callable[[dict], None],
+    should_stop: Callable[[], bool] = lambda: False,
     print_every: int = 20,
-) -> float:
-    """Train one pass over ``loader``; returns the mean loss of the finite steps.
+) -> bool:
+    """Train until ``steps_per_epoch`` optimiser steps are done; False when stopped early by ``should_stop``.
 
     A non-finite loss skips its step (weights untouched) and is counted; after
     ``MAX_NON_FINITE_IN_A_ROW`` in a row training stops with a clear error rather
-    than writing NaN weights over a good checkpoint.
+    than writing NaN weights over a good checkpoint. Running out of memory stops
+    with a one-line error naming the batch shape and the settings to lower.
     """
-    model.train()
-    total, steps, in_a_row = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True, disable=None)  # None: only on a terminal
+    stepper.model.train()
+    accumulate, micro, step_loss = stepper.cfg.accumulate, 0, 0.0
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True,
+               disable=None if stepper.ctx.is_main else True)  # None: only on a terminal  # fmt: skip
     for images, masks in bar:
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        lr = lr_at(state.iteration)
-        set_lr(optimizer, lr)
-        loss = criterion(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss.item()):
-            state.non_finite_steps += 1
-            in_a_row += 1
-            logger.warning("non-finite loss at iteration %d; step skipped", state.iteration)
-            if in_a_row >= MAX_NON_FINITE_IN_A_ROW:
-                raise SemsegError(
-                    f"loss was non-finite for {in_a_row} steps in a row at iteration {state.iteration}; "
-                    "lower optim.lr or check the data (last good checkpoint kept)"
-                )
+        if state.step_in_epoch >= steps_per_epoch:
+            break  # leftover micro-batches that cannot fill a whole accumulation
+        if micro == 0:
+            lr = lr_at(state.iteration)
+            set_lr(stepper.optimizer, lr)
+        last_micro, shape = micro == accumulate - 1, tuple(images.shape)
+        value = _explain_out_of_memory(lambda: stepper.backward(*stepper.to_device(images, masks), last_micro),
+                                       stepper, state.iteration + 1, shape)  # fmt: skip
+        if not math.isfinite(value):
+            _skip_non_finite(stepper, state)
+            micro, step_loss = 0, 0.0
             continue
-        in_a_row = 0
-        loss.backward()
-        optimizer.step()
+        micro, step_loss = micro + 1, step_loss + value / accumulate
+        if micro < accumulate:
+            continue
+        _explain_out_of_memory(stepper.step, stepper, state.iteration + 1, shape)  # Adam allocates its state on step 1
+        state.non_finite_in_a_row = 0
         state.iteration += 1
-        total += loss.item()
-        steps += 1
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        state.step_in_epoch += 1
+        state.epoch_loss_sum += step_loss
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         if state.iteration % print_every == 0:
-            log({"type": "train", "epoch": state.epoch + 1, "iteration": state.iteration, "loss": loss.item(), "lr": lr})
-    return total / max(1, steps)
+            log({"type": "train", "epoch": state.epoch + 1, "iteration": state.iteration, "loss": step_loss, "lr": lr})
+        micro, step_loss = 0, 0.0
+        if any_process(should_stop(), stepper.ctx, stepper.device):
+            return False
+    return True
 
 
 @torch.no_grad()
@@ -86,22 +208,24 @@ def evaluate(
     ignore_index: int,
     device: torch.device,
     keep: int = 0,
+    infer: InferConfig | None = None,
+    amp: str = "off",
 ) -> tuple[ConfusionMatrix, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """Confusion matrix over ``loader``, plus the first ``keep`` (image, truth, prediction) triples."""
+    """Confusion matrix over ``loader``, plus the first ``keep`` (image, truth, prediction) triples.
+
+    ``infer`` selects whole-image, sliding-window or test-time-augmented prediction;
+    ``amp`` (bf16/fp16) runs the model under autocast, scores are compared in float32.
+    """
     model.eval()
-    confusion = ConfusionMatrix(num_classes, ignore_index, device)
+    confusion = ConfusionMatrix(num_classes, ignore_index, device)  # all_reduce() it under DDP
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for images, masks in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        pred = predict(model, images)
+        with torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off" else contextlib.nullcontext():
+            pred = predict_scores(model, images, infer).argmax(1)
         confusion.update(pred, masks)
         for i in range(min(images.shape[0], keep - len(kept))):
             kept.append((images[i].cpu(), masks[i].cpu(), pred[i].cpu()))
     return confusion, kept
 
-
-def predict(model: nn.Module, images: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
-    """Whole-image prediction: class ids N×H×W (or softmax N×C×H×W)."""
-    logits = model(images)["out"]
-    return logits.softmax(1) if probabilities else logits.argmax(1)
 

@@ -13,6 +13,23 @@ class SemsegError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line.
+
+    A ``DataLoader`` worker's error reaches the main process re-raised as
+    ``DataError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback …")``
+    (``torch._utils.ExceptionWrapper.reraise``): the original one-line message is the
+    traceback's last line, after the exception's name. Any other line break is folded.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 2 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
+
 
 class ConfigError(SemsegError):
     """A config file, a ``--set`` override or a registry name is wrong."""

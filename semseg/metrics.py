@@ -32,6 +32,12 @@ class ConfusionMatrix:
     def reset(self) -> None:
         self.mat.zero_()
 
+    def all_reduce(self) -> "ConfusionMatrix":
+        """Sum the matrices of all processes (DDP), so every rank scores the whole split exactly once."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.mat, op=torch.distributed.ReduceOp.SUM)
+        return self
+
     def compute(self) -> dict[str, object]:
         """pixel_acc, mean_acc, iou (per class, NaN if undefined), miou, fwiou."""
         m = self.mat.double().cpu()

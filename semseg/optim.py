@@ -15,17 +15,31 @@ from torch import nn
 from semseg.config import OptimConfig, ScheduleConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only; none on norm parameters and biases (1-D tensors)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+BACKBONE_PREFIXES = ("backbone.", "encoder.")  # where models keep their (ImageNet-pretrained) trunk
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Up to four groups: trunk vs head × decayed vs not.
+
+    No weight decay on norm parameters and biases (1-D tensors), as in timm and
+    mmseg's ``paramwise_cfg``; the trunk's LR is ``backbone_lr_mult`` × the head's,
+    its decay ``backbone_weight_decay`` (default: the same). ``lr_mult`` is kept in
+    each group so :func:`set_lr` can apply the schedule to all of them.
+    """
+    backbone_decay = cfg.weight_decay if cfg.backbone_weight_decay is None else cfg.backbone_weight_decay
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((name.startswith(BACKBONE_PREFIXES), param.ndim > 1), []).append(param)
+    out = []
+    for (is_backbone, decays), params in sorted(groups.items()):
+        decay = (backbone_decay if is_backbone else cfg.weight_decay) if decays else 0.0
+        out.append({"params": params, "weight_decay": decay, "lr_mult": cfg.backbone_lr_mult if is_backbone else 1.0})
+    return out
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":
@@ -56,4 +70,4 @@ def lr_factor(iteration: int, total_iters: int, iters_per_epoch: int, cfg: Sched
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

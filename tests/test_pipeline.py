@@ -99,7 +99,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path, monkeyp
     real_epoch = train.train_one_epoch
 
     def crash_in_epoch_2(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        if args[5].epoch == 1:  # the TrainState: epoch 1 is done and its checkpoint written
+        if args[4].epoch == 1:  # the TrainState: epoch 1 is done and its checkpoint written
             raise RuntimeError("simulated crash")
         return real_epoch(*args, **kwargs)
 
@@ -123,3 +123,79 @@ def test_config_error_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err.strip()
     assert err.endswith("synthetic_tiny.yml: unknown key 'train.epoch' (did you mean 'epochs'?)")
     assert len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- inference modes and video input
+
+
+def test_validate_slide_with_a_covering_tile_gives_the_whole_image_miou(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = str(trained / "last.pt")
+    assert validate.main(["--checkpoint", ckpt, "--out", str(tmp_path / "whole.json")]) == 0
+    assert "inference: whole)" in capsys.readouterr().out
+    assert validate.main(["--checkpoint", ckpt, "--out", str(tmp_path / "slide.json"), "--mode", "slide", "--tile", "48", "64"]) == 0
+    assert "inference: slide 48×64/32×42)" in capsys.readouterr().out
+    whole, slide = (json.loads((tmp_path / f"{m}.json").read_text()) for m in ("whole", "slide"))
+    assert slide["miou"] == pytest.approx(whole["miou"], abs=1e-9)
+    assert slide["infer"] == {"mode": "slide", "tile": [48, 64], "stride": None, "scales": [1.0], "flip": False}
+    argv = ["--checkpoint", ckpt, "--out", str(tmp_path / "tta.json"), "--mode", "slide", "--tile", "32", "32", "--scales", "0.75", "1", "--flip"]
+    assert validate.main(argv) == 0
+    assert json.loads((tmp_path / "tta.json").read_text())["miou"] > 0.3
+    assert validate.main(["--checkpoint", ckpt, "--tile", "16", "16", "--stride", "24", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("infer.stride: [24, 8] is larger than infer.tile [16, 16] and would leave pixels unseen") and len(err.splitlines()) == 1
+
+
+def write_video(path: Path, frames: int, height: int = 32, width: int = 48) -> None:
+    """A tiny clip written with PyAV, in the first codec the installed wheel has."""
+    av = pytest.importorskip("av")
+    codec = next(c for c in ("mpeg4", "libx264", "png") if c in av.codecs_available)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=5)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "rgb24" if codec == "png" else "yuv420p"
+        for i in range(frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:, : 8 * (i + 1)] = (40 * i, 200, 100)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_test_script_on_a_video_writes_one_prediction_per_kept_frame(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    video = tmp_path / "clip.mp4"
+    write_video(video, 5)
+    ckpt = str(trained / "best.pt")
+    assert test_script.main(["--checkpoint", ckpt, "--input", str(video), "--out", str(tmp_path / "all")]) == 0
+    assert sorted(p.name for p in (tmp_path / "all" / "ids").iterdir()) == [f"clip_{i:06d}.png" for i in range(5)]
+    assert np.asarray(Image.open(tmp_path / "all" / "ids" / "clip_000004.png")).shape == (32, 48)
+    assert "inference: whole)" in capsys.readouterr().out
+    argv = ["--checkpoint", ckpt, "--input", str(video), "--out", str(tmp_path / "some"), "--every", "2", "--mode", "slide", "--tile", "24", "24", "--flip"]
+    assert test_script.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "some" / "ids").iterdir()) == ["clip_000000.png", "clip_000002.png", "clip_000004.png"]
+    assert "inference: slide 24×24/16×16, flip)" in capsys.readouterr().out
+
+
+def test_test_script_on_an_animated_gif(trained: Path, tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (40, 30), (60 * i, 120, 30)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    assert test_script.main(["--checkpoint", str(trained / "best.pt"), "--input", str(tmp_path / "anim.gif"), "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o" / "ids").iterdir()) == [f"anim_{i:06d}.png" for i in range(3)]
+
+
+def test_test_script_video_errors_are_one_line(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    ckpt = str(trained / "best.pt")
+    assert test_script.main(["--checkpoint", ckpt, "--input", str(tmp_path / "missing.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'missing.mp4'}: no such file or folder"
+    (tmp_path / "fake.mp4").write_text("not a video")
+    pytest.importorskip("av")
+    assert test_script.main(["--checkpoint", ckpt, "--input", str(tmp_path / "fake.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'fake.mp4'}: cannot read video (") and len(err.splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    assert test_script.main(["--checkpoint", ckpt, "--input", str(tmp_path / "fake.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'fake.mp4'}: reading video needs PyAV, which is not installed (pip install av)"

@@ -18,12 +18,14 @@ from typing import Callable, ClassVar, Optional
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from semseg.errors import DataError
 from semseg.loaders._download import Resource, fetch
 
 logger = logging.getLogger(__name__)
+
+_SKIP_SLOTS = 257  # the main process + up to 256 DataLoader workers (more would share slots: counts may race)
 
 JointTransform = Callable[[Image.Image, Image.Image], tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,10 +64,13 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.transforms = transforms
         self.on_error = on_error
-        self.skipped = 0
         self.samples = self.find_samples(self.root, split)
         if not self.samples:
             raise DataError(f"{self.root}: split '{split}' of {type(self).__name__} holds no images")
+        # Skips happen in DataLoader worker processes, whose copies of this object the main process
+        # never sees: count them in shared memory, one slot per process (slot 0: the main process,
+        # worker w: slot w + 1), so each slot has a single writer and needs no lock.
+        self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_() if on_error == "skip" else None
 
     # ------------------------------------------------------------------ subclass API
     def find_samples(self, root: Path, split: str) -> list[Sample]:
@@ -85,6 +90,11 @@ class SegmentationDataset(Dataset):
         return len(self.CLASSES)
 
     @property
+    def skipped(self) -> int:
+        """Samples skipped so far under ``on_error="skip"``, by this process and its loader workers."""
+        return int(self._skips.sum()) if self._skips is not None else 0
+
+    @property
     def has_masks(self) -> bool:
         return all(s.mask is not None for s in self.samples)
 
@@ -93,21 +103,14 @@ class SegmentationDataset(Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         path = self.samples[index].image
-        return _open(path).convert("RGB")  # greyscale/RGBA/palette images become RGB
+        return to_rgb(_open(path), path)
 
     def load_mask(self, index: int) -> np.ndarray:
         """Class ids of sample ``index`` (checked to be in range), H×W uint8."""
         path = self.samples[index].mask
         if path is None:
             raise DataError(f"{self.samples[index].image}: split '{self.split}' has no masks")
-        ids = self.read_mask(path)
-        valid = (ids < self.num_classes) | (ids == self.IGNORE_INDEX)
-        if not valid.all():
-            bad = sorted(set(np.unique(ids[~valid]).tolist()))[:5]
-            raise DataError(
-                f"{path}: label values {bad} are outside 0..{self.num_classes - 1} and not the ignore value"
-            )
-        return ids
+        return check_label_range(self.read_mask(path), self.num_classes, self.IGNORE_INDEX, path)
 
     def load_pair(self, index: int) -> tuple[Image.Image, Image.Image]:
         """Image and mask as PIL images of the same size (mask all-ignore when withheld)."""
@@ -123,17 +126,65 @@ class SegmentationDataset(Dataset):
         return image, Image.fromarray(ids, mode="L")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            image, mask = self.load_pair(index)
-        except DataError as exc:
-            if self.on_error != "skip" or len(self) < 2:
-                raise
-            self.skipped += 1
-            logger.warning("skipping sample %d: %s", index, exc)
-            return self[(index + 1) % len(self)]
+        image, mask = self.load_pair(index) if self._skips is None else self._load_pair_skipping(index)
         if self.transforms is None:
             return _to_tensors(image, mask)
         return self.transforms(image, mask)
+
+    def _load_pair_skipping(self, index: int) -> tuple[Image.Image, Image.Image]:
+        """``on_error="skip"``: a sample that fails to load is logged, counted and replaced by the next one."""
+        for step in range(len(self)):
+            i = (index + step) % len(self)
+            try:
+                return self.load_pair(i)
+            except DataError as exc:
+                worker = get_worker_info()
+                self._skips[(worker.id + 1 if worker is not None else 0) % _SKIP_SLOTS] += 1
+                logger.warning("skipping sample %d (data.on_error: skip): %s", i, exc)
+        raise DataError(
+            f"{self.root}: none of the {len(self)} samples of split '{self.split}' could be read (see the warnings)"
+        )
+
+
+def check_label_range(ids: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> np.ndarray:
+    """``ids`` as uint8, or a :class:`DataError` naming ``path`` and the values that are no class and not ignore.
+
+    Cheap on the common path: one ``max`` when no pixel is ignored; with ``ignore_index == 255``
+    one more pass where 255 wraps to 0 (``ids + 1`` in uint8), so valid masks have max ≤ num_classes.
+    ``np.unique`` runs only to name the bad values.
+    """
+    if ids.dtype != np.uint8:
+        lo, hi = (int(ids.min(initial=0)), int(ids.max(initial=0))) if ids.size else (0, 0)
+        if lo < 0 or hi > 255:
+            bad = np.unique(ids[(ids < 0) | (ids > 255)])[:5].tolist()
+            raise DataError(f"{path}: label values {bad} are outside 0..{num_classes - 1} and not the ignore value")
+        ids = ids.astype(np.uint8)
+    hi = int(ids.max(initial=0))
+    if hi < num_classes:
+        return ids
+    if ignore_index == 255 and int((ids + np.uint8(1)).max(initial=0)) <= num_classes:
+        return ids
+    valid = (ids < num_classes) | (ids == ignore_index)
+    if not valid.all():
+        bad = np.unique(ids[~valid])[:5].tolist()
+        raise DataError(f"{path}: label values {bad} are outside 0..{num_classes - 1} and not the ignore value")
+    return ids
+
+
+def to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """Any image as 3-channel RGB: greyscale, RGBA, palette and CMYK are converted, 16-bit scaled to 8.
+
+    (``Image.convert`` would clip 16-bit greyscale to 255, turning most of it white.)
+    """
+    if image.mode == "RGB":
+        return image
+    try:
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+            grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+            image = Image.fromarray(grey.astype(np.uint8), mode="L")
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot convert a mode {image.mode} image to RGB ({exc})") from None
 
 
 def _open(path: Path) -> Image.Image:

@@ -48,14 +48,22 @@ class CamVid(SegmentationDataset):
         image_dir = root / split
         if not image_dir.is_dir():
             raise DataError(f"{root}: no '{split}/' folder; expected the SegNet CamVid layout: {self.LAYOUT}")
-        return pairs_by_name(image_dir, root / f"{split}annot", ".png", ".png")
+        mask_dir = root / f"{split}annot"
+        if split != "test" and not mask_dir.is_dir():  # only the test masks may be withheld
+            raise DataError(f"{root}: no '{mask_dir.name}/' folder; expected the SegNet CamVid layout: {self.LAYOUT}")
+        return pairs_by_name(image_dir, mask_dir, ".png", ".png")
 
     def decode_mask(self, mask: Image.Image, path: Path) -> np.ndarray:
         if mask.mode not in ("L", "P", "I", "I;16"):
             raise DataError(f"{path}: expected a single-channel id mask, got mode {mask.mode}")
-        ids = np.asarray(mask, dtype=np.int64)
-        if ids.max(initial=0) > 255:  # 16-bit masks would wrap silently in uint8
-            raise DataError(f"{path}: label value {int(ids.max())} is outside 0..10 and not void (11)")
+        ids = np.asarray(mask)
+        # One max check per mask: SegNet's files hold 0..10 and void (11); the ignore value is let through.
+        if int(ids.max(initial=0)) > VOID_ID or (ids.dtype.kind == "i" and int(ids.min(initial=0)) < 0):
+            bad = np.unique(ids[((ids > VOID_ID) | (ids < 0)) & (ids != self.IGNORE_INDEX)])[:5].tolist()
+            if bad:
+                raise DataError(
+                    f"{path}: label values {bad} are outside 0..10 and not void (11) or ignore ({self.IGNORE_INDEX})"
+                )
         return np.where(ids == VOID_ID, self.IGNORE_INDEX, ids).astype(np.uint8)
 
 

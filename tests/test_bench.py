@@ -1,0 +1,50 @@
+"""bench/models.py runs end to end on a tiny model and writes the numbers it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("semseg_bench_models", REPO / "bench" / "models.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench  # dataclasses look their module up there
+_spec.loader.exec_module(bench)
+
+NUMBERS = ["params_m", "gflops", "fwd_ms", "train_ms", "fwd_peak_mib", "train_peak_mib"]
+
+
+def run(tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "bench.json"
+    argv = ["--sizes", "32x48", "--repeat", "1", "--warmup", "0", "--batch", "2", "--device", "cpu", "--threads", "1", "--json", str(out), *extra]
+    assert bench.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_reports_positive_numbers_and_the_device(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    record = run(tmp_path, "--models", "enet")
+    (row,) = record["results"]
+    assert row["model"] == "enet" and row["size"] == [32, 48] and row["batch"] == 2
+    assert all(row[key] > 0 for key in ["params_m", "gflops", "fwd_ms", "train_ms"]), row
+    assert row["fwd_peak_mib"] >= 0 and row["train_peak_mib"] > 0  # a step allocates at least the gradients
+    assert len(row["fwd_ms_all"]) == len(row["train_ms_all"]) == 1
+    assert {"cpu", "torch", "threads", "memory_method", "device"} <= set(record["device"])
+    assert record["device"]["threads"] == 1 and record["comparisons"] == []
+    table = capsys.readouterr().out
+    assert "| enet | semseg | 32×48 | 0.36 |" in table
+
+
+def test_peer_comparison_is_interleaved_at_a_size_smp_accepts(tmp_path: Path) -> None:
+    pytest.importorskip("segmentation_models_pytorch")
+    record = run(tmp_path, "--models", "linknet", "--peers")
+    (comparison,) = record["comparisons"]
+    assert comparison["theirs"] == "smp.Linknet(resnet18)" and comparison["twin"]
+    assert comparison["size"] == [32, 64] and comparison["requested_size"] == [32, 48]
+    assert comparison["fwd_ratio"] > 0 and comparison["train_ratio"] > 0
+    pair = [r for r in record["results"] if "compared_in" in r]
+    assert [r["impl"] for r in pair] == ["semseg", "smp"] and all(r[k] > 0 for r in pair for k in NUMBERS if k != "fwd_peak_mib")
