@@ -197,13 +197,14 @@ class FakeVisdomHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.posts.append(self.path)
+        count = len(self.server.posts)  # now: the next request may be counted before this handler ends
         if self.server.mode == "slow":
             time.sleep(2.0)
         self.send_response(200)
         self.send_header("Content-Length", "3")
         self.end_headers()
         self.wfile.write(b"win")
-        if self.server.mode == "dies" and len(self.server.posts) == 4:  # env + 3 plots, then gone mid-run
+        if self.server.mode == "dies" and count == 4:  # env + 3 plots, then gone mid-run
             threading.Thread(target=self.server.die).start()
 
     def log_message(self, *args: object) -> None:
@@ -218,7 +219,7 @@ def fake_visdom(request: pytest.FixtureRequest) -> Iterator[tuple[FakeVisdom | N
         yield None, port
         return
     server = FakeVisdom(request.param)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server, server.server_address[1]
     server.die()  # a second shutdown() returns at once
 
@@ -282,8 +283,8 @@ def test_visdom_absent_dying_or_slow_never_blocks_training(tmp_path: Path, monke
     # training never waited: each call only queues a job; close() gives up after its timeout
     for viz in TimedVisdom.made:
         assert viz.waits["init"][0] < 1.0  # the reachability probe's own timeout is 0.5 s
-        waits = viz.waits["line"] + viz.waits["images"]  # ~0.01 ms each; on a busy machine one may be descheduled
-        assert sum(w > 0.005 for w in waits) <= max(1, len(waits) // 100) and max(waits) < 0.1, sorted(waits)[-5:]
+        waits = sorted(viz.waits["line"] + viz.waits["images"])  # ~0.01 ms; a request would take 2 s (slow) or fail
+        assert waits[len(waits) // 2] < 0.001 and waits[-1] < 0.1, waits[-5:]  # the max allows for a GIL switch on a busy machine
     assert len(during.waits["line"]) == 2 * (2 + 2 + 2) and len(during.waits["images"]) == 2  # 2 epochs: train, val curves, grid
     assert during.waits["close"][0] < 5.0 + 0.5 and burst.waits["close"][0] < 1.0 + 0.5
     # and lost nothing: metrics.jsonl is the visdom-off run's, record for record (wall-clock seconds aside)
