@@ -70,10 +70,10 @@ def slow_save(obj, f, *args, **kwargs):
     buffer = io.BytesIO()
     real_save(obj, buffer, *args, **kwargs)
     data = buffer.getvalue()
-    for i in range(0, len(data), 1 << 16):
-        f.write(data[i:i + (1 << 16)])
+    for i in range(0, len(data), 1 << 15):  # ~150 chunks, 50 ms apart: a write window of seconds, so the
+        f.write(data[i:i + (1 << 15)])        # kill lands mid-write even on a loaded machine
         f.flush()
-        time.sleep(0.01)
+        time.sleep(0.05)
 torch.save = slow_save
 sys.path.insert(0, {str(REPO)!r})
 sys.argv = [{str(REPO / "train.py")!r}] + sys.argv[1:]
@@ -122,8 +122,9 @@ def test_kill_9_anywhere_even_mid_save_leaves_a_loadable_last_pt_and_resume_fini
         iterations.append(load_checkpoint(last)["state"]["iteration"])  # never a partial last.pt
     # now exactly while last.pt is being written: its temporary file exists and holds part of the bytes
     previous = last.read_bytes()
+    earlier = set(temp_files(run))  # a random kill above may itself have hit a save; the resume sweeps those
     proc = spawn(tmp_path, ["--resume", str(last)], tmp_path / "kill_mid_save.log", slow_save=True)
-    wait_for(lambda: any(size(p) > 0 for p in run.glob(".last.pt.*.tmp")), proc)
+    wait_for(lambda: any(size(p) > 0 for p in run.glob(".last.pt.*.tmp") if p not in earlier), proc)
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
     (stale,) = temp_files(run)  # the killed save could not clean up after itself
