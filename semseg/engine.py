@@ -221,11 +221,25 @@ def evaluate(
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for images, masks in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off" else contextlib.nullcontext():
-            pred = predict_scores(model, images, infer).argmax(1)
+        pred = _predict_or_explain(model, images, infer, amp, device)
         confusion.update(pred, masks)
         for i in range(min(images.shape[0], keep - len(kept))):
             kept.append((images[i].cpu(), masks[i].cpu(), pred[i].cpu()))
     return confusion, kept
 
 
+def _predict_or_explain(model: nn.Module, images: torch.Tensor, infer: InferConfig | None, amp: str, device: torch.device) -> torch.Tensor:
+    """Class ids for a batch; out of memory becomes a one-line :class:`SemsegError` saying what to lower."""
+    try:
+        with torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off" else contextlib.nullcontext():
+            return predict_scores(model, images, infer).argmax(1)
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    chw = "×".join(map(str, images.shape[1:]))
+    raise SemsegError(
+        f"out of memory evaluating a batch of {images.shape[0]} × {chw} on {device}; lower data.val_batch_size "
+        "or predict in tiles (infer.mode=slide with infer.tile, or validate.py --mode slide --tile H W)"
+    )

@@ -27,6 +27,8 @@ from torch import nn
 import semseg.checkpoint
 import train
 from semseg.checkpoint import load_checkpoint
+from semseg.engine import evaluate
+from semseg.errors import SemsegError
 from semseg.visualize import VisdomLogger
 from tests.conftest import REPO
 from tests.test_pipeline import TINY, records, run_train
@@ -355,3 +357,17 @@ def test_out_of_memory_names_the_batch_and_what_to_lower(tmp_path: Path, monkeyp
     )
     assert (run / "last.pt").read_bytes() == seen["previous"] and load_checkpoint(run / "last.pt")["state"]["epoch"] == 1
     assert temp_files(run) == []
+
+
+def test_out_of_memory_in_validation_says_what_to_lower() -> None:
+    class Hungry(nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    loader = [(torch.zeros(2, 3, 36, 48), torch.zeros(2, 36, 48, dtype=torch.long))]
+    with pytest.raises(SemsegError) as info:
+        evaluate(Hungry(), loader, 3, 255, torch.device("cpu"))
+    assert str(info.value) == (
+        "out of memory evaluating a batch of 2 × 3×36×48 on cpu; lower data.val_batch_size "
+        "or predict in tiles (infer.mode=slide with infer.tile, or validate.py --mode slide --tile H W)"
+    )
