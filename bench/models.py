@@ -35,10 +35,9 @@ import re
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/models.py` from anywhere
 
 from bench._memory import memory_method, peak_mib  # noqa: E402
+from semseg.engine import autocast  # noqa: E402
 from semseg.models.__main__ import measure  # noqa: E402
 from semseg.registry import MODELS  # noqa: E402
 
@@ -125,12 +125,6 @@ NO_PEER = {
 
 
 # ---------------------------------------------------------------- timing
-
-
-def autocast(device: torch.device, amp: Optional[str]) -> ContextManager:
-    if amp is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
 
 
 def make_forward(model: nn.Module, x: torch.Tensor, amp: Optional[str]) -> Callable[[], None]:

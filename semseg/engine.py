@@ -25,6 +25,13 @@ logger = logging.getLogger(__name__)
 
 MAX_NON_FINITE_IN_A_ROW = 10
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: Optional[str]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` = bf16/fp16; a no-op for ``off`` (or None)."""
+    if amp in (None, "off"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 T = TypeVar("T")
 
 
@@ -59,11 +66,6 @@ class Stepper:
     scaler: Optional[torch.amp.GradScaler] = None
     ema: Optional[AveragedModel] = None
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.amp == "off":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.amp])
-
     def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         if self.cfg.channels_last:
@@ -76,7 +78,7 @@ class Stepper:
         if isinstance(self.model, DistributedDataParallel) and not last_micro:
             sync = self.model.no_sync()  # all-reduce gradients once per optimiser step, not per micro-batch
         with sync:
-            with self.autocast():
+            with autocast(self.device, self.cfg.amp):
                 loss = self.criterion(self.model(images), masks)
             value = loss.item()
             if any_process(not math.isfinite(value), self.ctx, self.device):
@@ -231,7 +233,7 @@ def evaluate(
 def _predict_or_explain(model: nn.Module, images: torch.Tensor, infer: InferConfig | None, amp: str, device: torch.device) -> torch.Tensor:
     """Class ids for a batch; out of memory becomes a one-line :class:`SemsegError` saying what to lower."""
     try:
-        with torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off" else contextlib.nullcontext():
+        with autocast(device, amp):
             return predict_scores(model, images, infer).argmax(1)
     except RuntimeError as exc:
         if not _is_out_of_memory(exc):
