@@ -60,11 +60,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    alpha: float = 0.99  # RMSprop's running-average constant (Lasagne's rho; FC-DenseNet used 0.9)
     backbone_lr_mult: float = 1.0  # LR of the pretrained trunk (`backbone.*`/`encoder.*` parameters) × this
     backbone_weight_decay: Optional[float] = None  # None: same as weight_decay
 

@@ -44,6 +44,8 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.name == "rmsprop":  # LinkNet and FC-DenseNet trained with it; eps as Lasagne/Torch7 (1e-6..1e-8 barely matters)
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=1e-8)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 

@@ -38,7 +38,7 @@ def test_unknown_section(tmp_path: Path) -> None:
     "text, message",
     [
         ("train: {epochs: five}", "train.epochs: expected an integer, got 'five'"),
-        ("optim: {name: rmsprop}", "optim.name: expected one of sgd, adam, adamw, got 'rmsprop'"),
+        ("optim: {name: lbfgs}", "optim.name: expected one of sgd, adam, adamw, rmsprop, got 'lbfgs'"),
         ("augment: {crop: [360]}", "augment.crop: expected a list of 2 values, got 1"),
         ("log: {visdom: maybe}", "log.visdom: expected true or false, got 'maybe'"),
     ],

@@ -146,6 +146,19 @@ def test_param_groups_split_backbone_and_head_and_spare_norms_and_biases() -> No
     assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([0.002, 0.002, 0.02, 0.02])
 
 
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                       ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+def test_each_optimiser_name_builds_its_torch_class_with_the_config_values(name: str, cls: type) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    optimizer = build_optimizer(OptimConfig(name=name, lr=0.25, momentum=0.5, alpha=0.9, weight_decay=1e-3), model)
+    assert type(optimizer) is cls and {g["lr"] for g in optimizer.param_groups} == {0.25}
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 1e-3]
+    if name == "rmsprop":  # FC-DenseNet's rho 0.9 must reach torch, not its 0.99 default
+        assert {g["alpha"] for g in optimizer.param_groups} == {0.9}
+    if name == "sgd":
+        assert {g["momentum"] for g in optimizer.param_groups} == {0.5}
+
+
 def test_sync_bn_is_refused_on_cpu_processes_and_ignored_in_one() -> None:
     assert check_sync_bn(DistContext(), torch.device("cpu"), True) is False
     assert check_sync_bn(DistContext(0, 2, 0), torch.device("cuda"), True) is True
