@@ -7,6 +7,8 @@
 - GFLOPs: one forward pass at batch 1, counted on the meta device by
   ``semseg.models.__main__.measure`` (a multiply-add = 2 FLOPs).
 - forward: median wall time of ``model(x)`` at batch 1 under ``torch.inference_mode``, after warm-up.
+- throughput (``--throughput-batch N``): images per second of inference at batch N, from the median
+  time of one batch — the serving number on a GPU, where batch 1 leaves it mostly idle.
 - train step: median of forward + cross-entropy (on ``out`` and ``aux`` where the model has one)
   + backward + SGD-momentum step at ``--batch``.
 - peak memory: what one call adds on top of the memory held before it (the weights):
@@ -216,15 +218,22 @@ def measure_group(entries: list[Entry], size: tuple[int, int], args: argparse.Na
         rows[e.label] = {"model": e.label, "impl": e.impl, "size": [h, w], "batch": args.batch, "params_m": params / 1e6, "gflops": gflops}
     forwards = {k: make_forward(m, x1, args.amp) for k, m in models.items()}
     steps = {k: make_train_step(m, xb, y, args.amp) for k, m in models.items()}
+    batched = {}
+    if args.throughput_batch:
+        xt = torch.randn(args.throughput_batch, 3, h, w, device=device).contiguous(memory_format=fmt)
+        batched = {k: make_forward(m, xt, args.amp) for k, m in models.items()}
     for key, model in models.items():  # memory first: the first training step is the one that allocates
         model.eval()
         rows[key]["fwd_peak_mib"] = peak_mib(forwards[key], device)
         model.train()
         rows[key]["train_peak_mib"] = peak_mib(steps[key], device)
-    for kind, fns, train in (("fwd", forwards, False), ("train", steps, True)):
+    for kind, fns, train in (("fwd", forwards, False), ("train", steps, True), ("batch_fwd", batched, False)):
         set_mode(models, train)
         for key, times in interleaved_ms(fns, device, args.warmup, args.repeat).items():
             rows[key] |= {f"{kind}_ms": statistics.median(times), f"{kind}_ms_all": [round(t, 2) for t in times]}
+    for key in batched:
+        rows[key] |= {"throughput_batch": args.throughput_batch,
+                      "images_per_s": 1e3 * args.throughput_batch / rows[key]["batch_fwd_ms"]}  # fmt: skip
     return list(rows.values())
 
 
@@ -287,11 +296,13 @@ def _num(row: dict, key: str, fmt: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], comparisons: list[dict[str, Any]], batch: int) -> str:
-    lines = [f"| model | impl | H×W | params (M) | GFLOPs | forward ms (b=1) | train step ms (b={batch}) | forward peak MiB | train peak MiB |",
-             "|---|---|---|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+    throughput = any("images_per_s" in r for r in rows)
+    lines = [f"| model | impl | H×W | params (M) | GFLOPs | forward ms (b=1) | train step ms (b={batch}) | forward peak MiB | train peak MiB |"
+             + (" images/s |" if throughput else ""), "|---|---|---|--:|--:|--:|--:|--:|--:|" + ("--:|" if throughput else "")]  # fmt: skip
     for r in rows:
         cells = [r["model"], r["impl"], f"{r['size'][0]}×{r['size'][1]}", _num(r, "params_m", ".2f"), _num(r, "gflops", ".1f" if r.get("gflops", 0) >= 1 else ".3f"),
                  _num(r, "fwd_ms", ".1f"), _num(r, "train_ms", ".1f"), _num(r, "fwd_peak_mib", ".0f"), _num(r, "train_peak_mib", ".0f")]  # fmt: skip
+        cells += [_num(r, "images_per_s", ".1f")] if throughput else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"\n{r['model']} at {r['size'][0]}×{r['size'][1]} failed: {r['error']}" for r in rows if "error" in r]
     if comparisons:
@@ -317,6 +328,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", help="registered names (default: all)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(360, 480)], metavar="HxW")
     parser.add_argument("--batch", type=int, default=2, help="training-step batch (forward latency is at batch 1)")
+    parser.add_argument("--throughput-batch", type=int, default=0, metavar="N",
+                        help="also time inference at batch N and report images/s (0: off)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--num-classes", type=int, default=11)
@@ -330,8 +343,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     unknown = [n for n in args.models or [] if n not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; choices: {', '.join(MODELS.names())}")
-    if args.repeat < 1 or args.batch < 1:
-        parser.error("--repeat and --batch must be at least 1")
+    if args.repeat < 1 or args.batch < 1 or args.throughput_batch < 0:
+        parser.error("--repeat and --batch must be at least 1, --throughput-batch at least 0")
     return args
 
 
@@ -346,29 +359,39 @@ def resolve(args: argparse.Namespace) -> torch.device:
     return device
 
 
+def save(args: argparse.Namespace, argv: Optional[list[str]], info: dict, rows: list[dict], comparisons: list[dict]) -> None:
+    """Write ``--json`` (if asked) through a temporary file, so a reader never sees half a file."""
+    if not args.json:
+        return
+    settings = {k: (list(map(list, v)) if k == "sizes" else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    record = {"device": info, "settings": settings, "command": " ".join(["python", "bench/models.py", *(argv or sys.argv[1:])]),
+              "results": rows, "comparisons": comparisons, "not_compared": NO_PEER}  # fmt: skip
+    tmp = args.json.with_name(args.json.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(args.json)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     device = resolve(args)
     names = args.models or MODELS.names()
-    rows, comparisons = [], []
+    rows: list[dict[str, Any]] = []
+    comparisons: list[dict[str, Any]] = []
+    info = describe_device(device)
     for size in args.sizes:
         for name in names:
             rows += safe_group([ours(name, args.num_classes)], size, args, device)
+            save(args, argv, info, rows, comparisons)  # a long CPU run killed late keeps what it measured
         for name in [n for n in names if n in PEERS] if args.peers else []:
             pair_rows, pair_comparisons = compare(name, size, args, device)
             rows += pair_rows
             comparisons += pair_comparisons
-    info = describe_device(device)
+            save(args, argv, info, rows, comparisons)
     print(f"device: {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, {info['threads']} threads, "
           f"median of {args.repeat} after {args.warmup} warm-up, amp {args.amp or 'off'}, channels_last {args.channels_last}\n")  # fmt: skip
     print(markdown(rows, comparisons, args.batch))
     if args.peers:
         print("\n" + "\n".join(f"- {k}: {v}" for k, v in NO_PEER.items()))
-    if args.json:
-        settings = {k: (list(map(list, v)) if k == "sizes" else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        record = {"device": info, "settings": settings, "command": " ".join(["python", "bench/models.py", *(argv or sys.argv[1:])]),
-                  "results": rows, "comparisons": comparisons, "not_compared": NO_PEER}  # fmt: skip
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -48,3 +48,11 @@ def test_peer_comparison_is_interleaved_at_a_size_smp_accepts(tmp_path: Path) ->
     assert comparison["fwd_ratio"] > 0 and comparison["train_ratio"] > 0
     pair = [r for r in record["results"] if "compared_in" in r]
     assert [r["impl"] for r in pair] == ["semseg", "smp"] and all(r[k] > 0 for r in pair for k in NUMBERS if k != "fwd_peak_mib")
+
+
+def test_throughput_batch_reports_images_per_second_of_that_batch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    record = run(tmp_path, "--models", "enet", "--throughput-batch", "3")
+    (row,) = record["results"]
+    assert row["throughput_batch"] == 3 and len(row["batch_fwd_ms_all"]) == 1
+    assert row["images_per_s"] == pytest.approx(3e3 / row["batch_fwd_ms"])
+    assert "images/s |" in capsys.readouterr().out.splitlines()[2]
