@@ -38,7 +38,7 @@ from semseg.data import make_loaders, set_epoch
 from semseg.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object, check_sync_bn, cleanup,
                                 device_for, gather_objects, init_distributed)  # fmt: skip
 from semseg.engine import Stepper, TrainState, build_ema, evaluate, train_one_epoch
-from semseg.errors import CheckpointError, ConfigError
+from semseg.errors import CheckpointError, ConfigError, writing
 from semseg.loaders import SegmentationDataset
 from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
@@ -89,7 +89,8 @@ def loss_weights(cfg: Config, probe: SegmentationDataset, run_dir: Path) -> Opti
         logger.info("counting class pixels over %d training masks for %s weights", len(probe), cfg.loss.class_weights)
         counts, image_pixels = class_pixel_counts(probe)
         stats = {"classes": list(probe.CLASSES), "counts": counts.tolist(), "image_pixels": image_pixels.tolist()}
-        cache.write_text(json.dumps(stats, indent=1))
+        with writing(cache):
+            cache.write_text(json.dumps(stats, indent=1))
     weights = class_weights(cfg.loss.class_weights, np.array(stats["counts"]), np.array(stats["image_pixels"]))
     logger.info("class weights (%s): %s", cfg.loss.class_weights, ", ".join(f"{w:.2f}" for w in weights.tolist()))
     return weights
@@ -188,6 +189,30 @@ def train(args: argparse.Namespace) -> int:
         cleanup(ctx)
 
 
+def trim_metrics_log(path: Path, iteration: int) -> int:
+    """Drop the records logged after ``iteration`` (the checkpoint a resume starts from); returns how many.
+
+    A run killed between a log write and its next checkpoint logged steps that the resume
+    redoes; without this they would appear twice. Rewritten through a temporary file.
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["iteration"] <= iteration]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        with writing(path):
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+        logger.info("%s: dropped %d record(s) logged after iteration %d, which the resume redoes", path, len(lines) - len(kept), iteration)
+    return len(lines) - len(kept)
+
+
+def close_run_file(f: Any, path: Path) -> None:
+    with writing(path):
+        f.close()
+
+
 def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: DistContext) -> int:
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone reports
@@ -201,7 +226,10 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
     if ctx.is_main:
         run_dir = run_dir or new_run_dir(cfg, config_path)
         remove_stale_temp_files(run_dir)  # what a kill -9 mid-save left behind
-        (run_dir / "config.yml").write_text(dump_config(cfg))
+        if ckpt is not None:
+            trim_metrics_log(run_dir / "metrics.jsonl", state.iteration)
+        with writing(run_dir / "config.yml"):
+            (run_dir / "config.yml").write_text(dump_config(cfg))
     weights = broadcast_object(loss_weights(cfg, probe, run_dir) if ctx.is_main else None, ctx)
     stepper.criterion = build_criterion(cfg.loss, probe.IGNORE_INDEX, weights).to(device)
     steps_per_epoch = len(train_loader) // cfg.train.accumulate
@@ -217,13 +245,19 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
 
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopRequest())
-        metrics_log = stack.enter_context(open(run_dir / "metrics.jsonl", "a")) if ctx.is_main else None
+        metrics_path = run_dir / "metrics.jsonl" if ctx.is_main else None
+        metrics_log = None
+        if ctx.is_main:
+            with writing(metrics_path):
+                metrics_log = open(metrics_path, "a")
+            stack.callback(close_run_file, metrics_log, metrics_path)  # a full disk can fail the close too
 
         def log(record: dict) -> None:
             if metrics_log is None:
                 return
-            metrics_log.write(json.dumps(record) + "\n")
-            metrics_log.flush()
+            with writing(metrics_path):
+                metrics_log.write(json.dumps(record) + "\n")
+                metrics_log.flush()
             if record["type"] == "train":
                 viz.line("train_loss", record["iteration"], {"loss": record["loss"]}, "training loss")
                 viz.line("lr", record["iteration"], {"lr": record["lr"]}, "learning rate")

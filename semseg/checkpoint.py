@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semseg.errors import CheckpointError
+from semseg.errors import CheckpointError, os_reason
 
 FORMAT_VERSION = 1
 TEMP_SUFFIX = ".tmp"  # save_atomic writes .<name>.<random>.tmp next to <name>
@@ -49,9 +49,8 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
             kept = f"the previous {path.name} is unchanged" if path.is_file() else "nothing was written"
-            raise CheckpointError(f"{path}: cannot save checkpoint: {reason} ({kept})") from exc
+            raise CheckpointError(f"{path}: cannot save checkpoint: {os_reason(exc)} ({kept})") from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

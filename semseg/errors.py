@@ -7,6 +7,11 @@ print the message and exit non-zero, so users never read a deep traceback for
 their own typo.
 """
 
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
 
 class SemsegError(Exception):
     """Base class: the message is shown to the user as-is, on one line."""
@@ -41,3 +46,24 @@ class DataError(SemsegError):
 
 class CheckpointError(SemsegError):
     """A checkpoint is missing, truncated or does not fit the model."""
+
+
+class RunFolderError(SemsegError):
+    """A file in the run folder (metrics log, resolved config, class statistics) cannot be written."""
+
+
+def os_reason(exc: OSError) -> str:
+    """``"no space left on device"``: the part of an ``OSError`` a user needs."""
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+@contextlib.contextmanager
+def writing(path: object) -> Iterator[None]:
+    """Turn an ``OSError`` (disk full, quota, permissions) while writing ``path`` into one line.
+
+    Checkpoints are written atomically elsewhere, so what is already saved stays loadable.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot write: {os_reason(exc)} (checkpoints already saved are intact)") from exc

@@ -142,6 +142,20 @@ def test_kill_9_anywhere_even_mid_save_leaves_a_loadable_last_pt_and_resume_fini
     assert f"resumed {last} at epoch" in done.stderr
     assert load_checkpoint(last)["state"]["epoch"] == epochs
     assert temp_files(run) == []
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epoch_records = [r["epoch"] for r in records if r["type"] == "epoch"]
+    assert epoch_records == list(range(1, epochs + 1))  # each epoch logged once, though some were run twice
+    assert [r["iteration"] for r in records] == sorted(r["iteration"] for r in records)
+
+
+def test_resume_drops_metrics_records_logged_after_the_checkpoint(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    records = [{"type": "train", "iteration": i} for i in (2, 4)] + [{"type": "epoch", "iteration": 4}, {"type": "val", "iteration": 4}]
+    records += [{"type": "train", "iteration": 6}, {"type": "train", "iteration": 8}]  # logged, then killed before epoch 2's save
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert train.trim_metrics_log(log, 4) == 2
+    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:4]
+    assert train.trim_metrics_log(log, 4) == 0 and train.trim_metrics_log(tmp_path / "absent.jsonl", 4) == 0
 
 
 # ----------------------------------------------------------------------------- non-finite loss
@@ -322,6 +336,51 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, mo
     assert (run / "last.pt").read_bytes() == seen["previous"]  # … so last.pt is byte for byte epoch 1's
     assert load_checkpoint(run / "last.pt")["state"]["epoch"] == 1
     assert temp_files(run) == []  # and that temporary file is gone
+
+
+class FullDiskFile:
+    """A real text file whose writes fail with ENOSPC after ``room`` of them, its close too (data left in the buffer)."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self.file, self.room = open(path, "a"), room
+
+    def write(self, text: str) -> int:
+        self.room -= 1
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("target", ["metrics.jsonl", "config.yml"])
+def test_disk_full_while_logging_is_one_line_and_keeps_the_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture, target: str) -> None:  # fmt: skip
+    run = tmp_path / "synthetic_tiny"
+    if target == "metrics.jsonl":  # room for epoch 1's records (2 train, epoch, val), then the disk is full
+        monkeypatch.setattr(train, "open", lambda path, mode="r": FullDiskFile(Path(path), room=4), raising=False)
+    else:
+        real_write_text = Path.write_text
+
+        def write_text(self: Path, *args: object, **kwargs: object) -> int:
+            if self.name == "config.yml":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    assert train.main(main_args(tmp_path, *SMALL, "train.epochs=3", "log.print_every=2")) == 2
+    assert one_line_error(capsys) == f"error: {run / target}: cannot write: no space left on device (checkpoints already saved are intact)"
+    if target == "metrics.jsonl":
+        assert load_checkpoint(run / "last.pt")["state"]["epoch"] == 1  # epoch 2 stopped at its first record
+        assert [json.loads(line)["type"] for line in (run / "metrics.jsonl").read_text().splitlines()] == ["train", "train", "epoch", "val"]
+    else:
+        assert not (run / "last.pt").exists()
 
 
 # ----------------------------------------------------------------------------- out of memory
