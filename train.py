@@ -264,14 +264,15 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
 
         metrics: Optional[dict] = ckpt.get("metrics") if ckpt is not None else None
         while state.epoch < cfg.train.epochs:
-            start = time.time()
+            start = time.time() - state.epoch_seconds
             set_epoch(train_loader, state.epoch, state.step_in_epoch * cfg.train.accumulate * cfg.data.batch_size)
             if not train_one_epoch(stepper, train_loader, steps_per_epoch, lr_at, state, log, stop, cfg.log.print_every):
+                state.epoch_seconds = time.time() - start
                 save(checkpoint_dict(stepper, state, cfg, probe, metrics, ctx), run_dir, ctx, "last.pt")
                 logger.warning("stopped at iteration %d; resume with: python train.py --resume %s", state.iteration, (run_dir or Path(".")) / "last.pt")
                 return 130
             mean_loss = all_reduce_sum(torch.tensor([state.epoch_loss_sum / max(1, state.step_in_epoch)]), ctx).item() / ctx.world_size
-            state.epoch, state.step_in_epoch, state.epoch_loss_sum = state.epoch + 1, 0, 0.0
+            state.epoch, state.step_in_epoch, state.epoch_loss_sum, state.epoch_seconds = state.epoch + 1, 0, 0.0, 0.0
             log({"type": "epoch", "epoch": state.epoch, "iteration": state.iteration, "loss": mean_loss, "lr": lr_at(state.iteration),
                  "seconds": round(time.time() - start, 2), "non_finite_steps": state.non_finite_steps,
                  "skipped_samples": getattr(train_loader.dataset.dataset, "skipped", 0)})  # fmt: skip

@@ -46,6 +46,7 @@ class TrainState:
     step_in_epoch: int = 0  # optimiser steps taken in the unfinished epoch (a Ctrl-C checkpoint)
     epoch_loss_sum: float = 0.0  # of those steps, so the epoch's mean loss survives a resume
     non_finite_in_a_row: int = 0
+    epoch_seconds: float = 0.0  # wall time of the unfinished epoch before a stop, so its record counts it all
 
 
 @dataclass

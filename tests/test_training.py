@@ -212,8 +212,11 @@ def test_stop_mid_epoch_and_resume_is_bit_identical(tmp_path: Path, monkeypatch:
     stopped = tmp_path / "b" / "synthetic_tiny"
     ckpt = torch.load(stopped / "last.pt", weights_only=False)
     assert ckpt["state"]["iteration"] == 4 and ckpt["state"]["step_in_epoch"] in (4, 1)
+    before_stop = ckpt["state"]["epoch_seconds"]
+    assert before_stop > 0
     monkeypatch.undo()
     assert train.main(["--resume", str(stopped / "last.pt")]) == 0
+    assert records(stopped, "epoch")[0]["seconds"] > before_stop  # the epoch's wall time includes the part before the stop
     a = torch.load(straight / "last.pt", weights_only=False)
     b = torch.load(stopped / "last.pt", weights_only=False)
     assert a["state"] == b["state"]

@@ -48,8 +48,13 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact command that trained it")
     parser.add_argument("--config", help="the recipe file the command used")
     parser.add_argument("--note", default="", help="what differs from the paper's recipe")
+    parser.add_argument("--wall-time-min", type=float,
+                        help="replace the summed epoch times (runs stopped mid-epoch by code before epoch_seconds was saved "
+                             "logged only the part after the resume)")  # fmt: skip
     args = parser.parse_args()
     entry = summarise(args.run) | {"device": args.device, "command": args.command, "config": args.config, "note": args.note}
+    if args.wall_time_min is not None:
+        entry["wall_time_min"] = args.wall_time_min
     out = Path(__file__).resolve().parents[1] / "doc" / "results" / f"{entry['dataset']}.json"
     entries = json.loads(out.read_text()) if out.is_file() else []
     entries = [e for e in entries if e["run"] != entry["run"]] + [entry]
