@@ -206,6 +206,7 @@ def _check_dropout(name: str, p: float) -> None:
     paper_kwargs={"num_classes": 12},
     output_stride=8,
     params_tolerance=0.02,
+    paper_camvid_miou=(51.3, "Paszke et al. 2016, Table 5 (test split)"),
     source="Paszke et al. 2016, arXiv:1606.02147, Table 3 (CamVid: 11 classes + void)",
 )
 def enet(*, num_classes: int, dropout: float = 0.1, dropout_stage1: float = 0.01) -> ENet:

@@ -178,7 +178,8 @@ def fcn16s(*, num_classes: int, pretrained_backbone: Pretrained = False) -> FCN:
     return FCN(num_classes, ("pool4",), pretrained_backbone)
 
 
-@MODELS.register("fcn8s", paper_params=134e6, paper_kwargs=_VOC, output_stride=8, source=_SOURCE)
+@MODELS.register("fcn8s", paper_params=134e6, paper_kwargs=_VOC, output_stride=8, source=_SOURCE,
+                 paper_camvid_miou=(57.0, "as reported by Jégou et al. 2017, Table 2 (test split, ImageNet VGG-16)"))
 def fcn8s(*, num_classes: int, pretrained_backbone: Pretrained = False) -> FCN:
     """FCN-8s: adds the pool4 and pool3 skips (stride 8), the paper's best net."""
     return FCN(num_classes, ("pool4", "pool3"), pretrained_backbone)

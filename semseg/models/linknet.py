@@ -104,6 +104,7 @@ class LinkNet(nn.Module):
 # 29,324. The Torch code's conv biases before BN would add 1,056 more; both round to 11.5M.
 # The paper rounds to 0.1M (±0.05M = ±0.43 %), inside the default 1 % tolerance.
 @MODELS.register("linknet", paper_params=11.5e6, paper_kwargs={"num_classes": 12}, output_stride=32,
+                 paper_camvid_miou=(55.8, "Chaurasia & Culurciello 2017, Table 3 (test split, ImageNet encoder)"),
                  source="Chaurasia & Culurciello 2017, arXiv:1707.03718, Table 1 (LinkNet: 11.5M)")
 def linknet(*, num_classes: int, pretrained_backbone: Pretrained = False) -> LinkNet:
     """LinkNet on ResNet-18, as in the paper."""
