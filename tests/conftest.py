@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,9 +29,12 @@ def _seed() -> None:
 
 
 def load_script(name: str) -> ModuleType:
-    """Import a top-level script (train.py, test.py, …) by path."""
-    spec = importlib.util.spec_from_file_location(f"semseg_script_{name}", REPO / f"{name}.py")
+    """Import a script by its path without ``.py`` ("test", "tools/plot_run", "bench/models"): they
+    are not a package, and ``import test`` would find the standard library's. The module is put in
+    ``sys.modules`` first, where dataclasses look their defining module up."""
+    spec = importlib.util.spec_from_file_location(f"semseg_script_{name.replace('/', '_')}", REPO / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
-_spec = importlib.util.spec_from_file_location("semseg_bench_models", REPO / "bench" / "models.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # dataclasses look their module up there
-_spec.loader.exec_module(bench)
+bench = load_script("bench/models")
 
 NUMBERS = ["params_m", "gflops", "fwd_ms", "train_ms", "fwd_peak_mib", "train_peak_mib"]
 

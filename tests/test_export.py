@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,16 +13,13 @@ from torch import nn
 import train
 from semseg.build import restore
 from semseg.registry import MODELS
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.test_pipeline import TINY
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-_spec = importlib.util.spec_from_file_location("semseg_tools_export", REPO / "tools" / "export.py")
-export = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = export  # dataclasses look their module up there
-_spec.loader.exec_module(export)
+export = load_script("tools/export")
 
 
 class TinyNet(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -14,15 +13,12 @@ import pytest
 from PIL import Image
 
 from semseg.errors import DataError
-from tests.conftest import REPO
+from tests.conftest import load_script
 from tests.test_pipeline import run_train
 
 pytest.importorskip("matplotlib")
 
-_spec = importlib.util.spec_from_file_location("semseg_tools_plot_run", REPO / "tools" / "plot_run.py")
-plot_run = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = plot_run
-_spec.loader.exec_module(plot_run)
+plot_run = load_script("tools/plot_run")
 
 PLOTS = ["loss.png", "lr.png", "miou.png", "class_iou.png", "confusion.png", "samples.png"]
 CURVES = PLOTS[:4]

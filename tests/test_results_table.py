@@ -3,21 +3,15 @@ CamVid number has a recipe; the committed tables are what the tool writes."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from semseg.config import load_config
 from semseg.registry import MODELS
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
-_spec = importlib.util.spec_from_file_location("semseg_tools_results_table", REPO / "tools" / "results_table.py")
-results_table = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = results_table
-_spec.loader.exec_module(results_table)
+results_table = load_script("tools/results_table")
 
 PUBLISHED = [n for n in MODELS.names() if "paper_camvid_miou" in MODELS.meta(n)]
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
-_spec = importlib.util.spec_from_file_location("semseg_bench_soak", REPO / "bench" / "soak.py")
-soak = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = soak
-_spec.loader.exec_module(soak)
+soak = load_script("bench/soak")
 
 
 def test_soak_smoke_two_cycles_match_the_straight_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
