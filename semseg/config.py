@@ -248,7 +248,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 # ----------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file or a syntax error is one ConfigError line naming it."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -297,7 +298,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a recipe file, apply ``--set`` overrides, validate, return a frozen Config."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = read_yaml(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "--set"
     if overrides:
         data = apply_overrides(data, overrides)

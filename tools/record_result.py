@@ -12,14 +12,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any, Optional
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/record_result.py` from anywhere
+
+from semseg.config import ConfigError, read_yaml  # noqa: E402
+
+
+def read_json(path: Path, lines: bool = False) -> Any:
+    """The JSON document (or, with ``lines``, the list of JSON lines) in ``path``, or a one-line error naming it."""
+    try:
+        text = path.read_text()
+        return [json.loads(line) for line in text.splitlines()] if lines else json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: {path}: {exc}") from None
 
 
 def summarise(run: Path) -> dict:
-    cfg = yaml.safe_load((run / "config.yml").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    try:
+        cfg = read_yaml(run / "config.yml")
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    records = read_json(run / "metrics.jsonl", lines=True)
     vals = [r for r in records if r["type"] == "val"]
     epochs = [r for r in records if r["type"] == "epoch"]
     if not vals:
@@ -41,7 +57,7 @@ def summarise(run: Path) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     parser.add_argument("--device", required=True, help='e.g. "CPU, 2 cores (no GPU)"')
@@ -51,16 +67,19 @@ def main() -> None:
     parser.add_argument("--wall-time-min", type=float,
                         help="replace the summed epoch times (runs stopped mid-epoch by code before epoch_seconds was saved "
                              "logged only the part after the resume)")  # fmt: skip
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parents[1] / "doc" / "results",
+                        help="where <dataset>.json lives (default: doc/results)")
+    args = parser.parse_args(argv)
     entry = summarise(args.run) | {"device": args.device, "command": args.command, "config": args.config, "note": args.note}
     if args.wall_time_min is not None:
         entry["wall_time_min"] = args.wall_time_min
-    out = Path(__file__).resolve().parents[1] / "doc" / "results" / f"{entry['dataset']}.json"
-    entries = json.loads(out.read_text()) if out.is_file() else []
+    out = args.results_dir / f"{entry['dataset']}.json"
+    entries = read_json(out) if out.is_file() else []
     entries = [e for e in entries if e["run"] != entry["run"]] + [entry]
     out.write_text(json.dumps(entries, indent=1) + "\n")
     print(f"| {entry['model']} | {entry['val_miou']:.1f} | {entry['epochs']} | {entry['crop']} | {entry['device']} | {entry['wall_time_min']} min |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
