@@ -26,9 +26,9 @@ def make_run(root: Path, name: str = "enet_camvid_cpu") -> Path:
     records = [
         {"type": "train", "epoch": 1, "iteration": 10, "loss": 1.5},
         {"type": "epoch", "epoch": 1, "iteration": 45, "seconds": 90.0},
-        {"type": "val", "epoch": 1, "miou": 0.4567, "pixel_acc": 0.8, "iou": {"sky": 0.9, "pole": NAN}},
+        {"type": "val", "epoch": 1, "iteration": 45, "miou": 0.4567, "pixel_acc": 0.8, "iou": {"sky": 0.9, "pole": NAN}},
         {"type": "epoch", "epoch": 2, "iteration": 90, "seconds": 60.0},
-        {"type": "val", "epoch": 2, "miou": 0.41, "pixel_acc": 0.81, "iou": {"sky": 0.8, "pole": 0.02}},
+        {"type": "val", "epoch": 2, "iteration": 90, "miou": 0.41, "pixel_acc": 0.81, "iou": {"sky": 0.8, "pole": 0.02}},
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))  # NaN as json writes it
     return run
@@ -49,6 +49,16 @@ def test_entry_is_the_best_validation_record_and_the_whole_run(tmp_path: Path) -
     assert (entry["device"], entry["command"]) == ("CPU, 2 cores", "python train.py …")
 
 
+def test_records_a_crashed_run_logged_twice_count_once(tmp_path: Path) -> None:
+    """The same reader as plot_run.py: epoch 2 logged again by a resume adds its seconds once, the later copy wins."""
+    run = make_run(tmp_path)
+    again = {"type": "epoch", "epoch": 2, "iteration": 90, "seconds": 66.0}
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(again) + "\n")
+    (entry,) = record(run, tmp_path)
+    assert entry["wall_time_min"] == 2.6  # (90 + 66) s, not (90 + 60 + 66) s
+
+
 def test_recording_a_run_again_replaces_its_entry_and_keeps_the_others(tmp_path: Path) -> None:
     out = tmp_path / "results"
     out.mkdir()
@@ -60,7 +70,7 @@ def test_recording_a_run_again_replaces_its_entry_and_keeps_the_others(tmp_path:
 
 
 @pytest.mark.parametrize("broken, message", [
-    ("metrics.jsonl", r"metrics\.jsonl: Expecting value"),
+    ("metrics.jsonl", r"metrics\.jsonl:1: not a metrics record"),
     ("config.yml", r"config\.yml: line 2 YAML syntax error: expected ',' or ']'"),
 ])  # fmt: skip
 def test_unreadable_run_files_are_one_line_errors_naming_the_file(tmp_path: Path, broken: str, message: str) -> None:
@@ -79,3 +89,5 @@ def test_a_missing_run_or_a_run_without_validation_is_named(tmp_path: Path) -> N
     (run / "metrics.jsonl").write_text("\n".join(ln for ln in lines if '"val"' not in ln) + "\n")
     with pytest.raises(SystemExit, match=r"metrics\.jsonl: no validation record"):
         record(run, tmp_path)
+    with pytest.raises(SystemExit, match=r"error: .*missing[/\\]camvid\.json: cannot write: no such file or directory$"):
+        record(make_run(tmp_path, "complete"), tmp_path / "missing")

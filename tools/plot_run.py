@@ -48,6 +48,7 @@ from semseg.config import Config  # noqa: E402
 from semseg.engine import evaluate  # noqa: E402
 from semseg.errors import DataError, SemsegError  # noqa: E402
 from semseg.loaders import build_dataset  # noqa: E402
+from semseg.runlog import read_metrics  # noqa: E402
 from semseg.visualize import colorize, denormalize  # noqa: E402
 
 logger = logging.getLogger("plot_run")
@@ -75,35 +76,6 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """The records of ``<run>/metrics.jsonl``, one per (type, iteration), in iteration order.
-
-    A run resumed after a crash logs the iterations after its checkpoint twice: the later
-    record is the one the weights descend from, so it wins. A last line without its newline
-    is a write in progress (training still running) and is left out.
-    """
-    if not run.exists():
-        raise DataError(f"{run}: run folder not found")
-    if not run.is_dir():
-        raise DataError(f"{run}: not a folder; pass the run folder train.py wrote (e.g. runs/<name>)")
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; is {run} a run folder written by train.py?")
-    lines = path.read_text().split("\n")[:-1]  # drops the unterminated tail, if any
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records[(record["type"], int(record["iteration"]))] = record
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path}:{number}: not a metrics record (JSON with 'type' and 'iteration')") from None
-    if not records:
-        raise DataError(f"{path}: empty; no iteration has been logged yet")
-    return sorted(records.values(), key=lambda r: r["iteration"])
-
-
 def of_type(records: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [r for r in records if r["type"] == kind]
 

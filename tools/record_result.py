@@ -18,14 +18,15 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/record_result.py` from anywhere
 
-from semseg.config import ConfigError, read_yaml  # noqa: E402
+from semseg.config import read_yaml  # noqa: E402
+from semseg.errors import SemsegError, os_reason  # noqa: E402
+from semseg.runlog import read_metrics  # noqa: E402
 
 
-def read_json(path: Path, lines: bool = False) -> Any:
-    """The JSON document (or, with ``lines``, the list of JSON lines) in ``path``, or a one-line error naming it."""
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path``, or a one-line error naming it."""
     try:
-        text = path.read_text()
-        return [json.loads(line) for line in text.splitlines()] if lines else json.loads(text)
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"error: {path}: {exc}") from None
 
@@ -33,9 +34,9 @@ def read_json(path: Path, lines: bool = False) -> Any:
 def summarise(run: Path) -> dict:
     try:
         cfg = read_yaml(run / "config.yml")
-    except ConfigError as exc:
+        records = read_metrics(run)  # the reader plot_run.py uses: a resume's repeated records count once
+    except SemsegError as exc:
         raise SystemExit(f"error: {exc}") from None
-    records = read_json(run / "metrics.jsonl", lines=True)
     vals = [r for r in records if r["type"] == "val"]
     epochs = [r for r in records if r["type"] == "epoch"]
     if not vals:
@@ -76,7 +77,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = args.results_dir / f"{entry['dataset']}.json"
     entries = read_json(out) if out.is_file() else []
     entries = [e for e in entries if e["run"] != entry["run"]] + [entry]
-    out.write_text(json.dumps(entries, indent=1) + "\n")
+    try:
+        out.write_text(json.dumps(entries, indent=1) + "\n")
+    except OSError as exc:
+        raise SystemExit(f"error: {out}: cannot write: {os_reason(exc)}") from None
     print(f"| {entry['model']} | {entry['val_miou']:.1f} | {entry['epochs']} | {entry['crop']} | {entry['device']} | {entry['wall_time_min']} min |")
     return 0
 
