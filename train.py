@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from semseg.build import build_model, check_loss, new_run_dir, resolve_device
+from semseg.build import build_model, check_loss, init_from_checkpoint, new_run_dir, resolve_device
 from semseg.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_state, prune_epoch_checkpoints,
                                remove_stale_temp_files, rng_state, save_atomic, set_rng_state)  # fmt: skip
 from semseg.cli import run_script
@@ -105,9 +105,11 @@ def show_images(viz: VisdomLogger, kept: list, probe: SegmentationDataset, cfg: 
         viz.images("val_images", np.stack(rows).transpose(0, 3, 1, 2), f"epoch {epoch}: image / truth / prediction")
 
 
-def build_stepper(cfg: Config, num_classes: int, device: torch.device, ctx: DistContext) -> Stepper:
-    """Model (+ SyncBN, channels_last, EMA, DDP, compile, in that order), optimiser and grad scaler."""
-    raw = build_model(cfg.model, num_classes)
+def build_stepper(cfg: Config, probe: SegmentationDataset, device: torch.device, ctx: DistContext, resuming: bool = False) -> Stepper:
+    """Model (+ init_from weights, SyncBN, channels_last, EMA, DDP, compile, in that order), optimiser and grad scaler."""
+    raw = build_model(cfg.model, probe.num_classes)
+    if cfg.train.init_from and not resuming:  # a resume restores its own, later weights
+        init_from_checkpoint(raw, cfg.train.init_from, cfg.model.name, probe.CLASSES, cfg.data.name)
     if check_sync_bn(ctx, device, cfg.train.sync_bn):
         raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw = raw.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
@@ -219,7 +221,7 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
     seed_everything(cfg.train.seed + ctx.rank, cfg.train.deterministic)  # initial weights are rank 0's (DDP broadcasts)
     device = device_for(ctx, resolve_device(cfg.train.device))
     probe, train_loader, val_loader = make_loaders(cfg, device, ctx)
-    stepper = build_stepper(cfg, probe.num_classes, device, ctx)
+    stepper = build_stepper(cfg, probe, device, ctx, resuming=ckpt is not None)
     state = restore_training(stepper, ckpt, cfg.train.resume, ctx) if ckpt is not None else TrainState()
     run_dir = Path(cfg.train.resume).resolve().parent if ckpt is not None else None
     check_loss(cfg.loss)  # a bad loss name or parameter fails before a run folder exists

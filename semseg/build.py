@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import semseg.models  # noqa: F401 - registers the models
-from semseg.checkpoint import load_checkpoint, load_model_state
+from semseg.checkpoint import load_checkpoint, load_model_state, validated_weights
 from semseg.config import Config, LossConfig, ModelConfig, apply_overrides, config_from_dict, load_config
 from semseg.errors import CheckpointError, ConfigError, DataError
 from semseg.losses import build_criterion
@@ -101,6 +101,29 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise DataError(f"{path}: cannot write ({(exc.strerror or type(exc).__name__).lower()})") from None
 
 
+def init_from_checkpoint(model: nn.Module, path: str, model_name: str, classes: Sequence[str], dataset: str) -> None:
+    """Load a trained checkpoint's validated weights into ``model`` to start a *new* run from them.
+
+    A fine-tuning stage (FC-DenseNet's full-frame stage, a longer or differently-cropped second run)
+    needs the weights only: unlike a resume, the optimiser, schedule and epoch count start afresh.
+    Every way the checkpoint can fail to fit is one line that names ``train.init_from``.
+    """
+    try:
+        ckpt = load_checkpoint(path)
+        trained = (ckpt.get("config") or {}).get("model", {}).get("name")
+        if trained is not None and trained != model_name:
+            raise CheckpointError(f"{path}: holds model '{trained}', but model.name is '{model_name}'")
+        check_classes(ckpt, classes, dataset, path)
+        weights, ema = validated_weights(ckpt)
+        load_model_state(model, weights, f"{path} (EMA weights)" if ema else path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.init_from: {exc}") from None
+    epoch = (ckpt.get("state") or {}).get("epoch", "?")
+    miou = (ckpt.get("metrics") or {}).get("miou")
+    logger.info("weights from %s (%sepoch %s%s); optimiser, schedule and epochs start afresh", path,
+                "EMA, " if ema else "", epoch, f", val mIoU {100 * miou:.2f}%" if miou is not None else "")  # fmt: skip
+
+
 def restore(checkpoint: str, overrides: list[str], config_path: Optional[str] = None) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Model with weights + the config it was trained with (``--set`` applied), from a checkpoint."""
     ckpt = load_checkpoint(checkpoint)
@@ -113,10 +136,8 @@ def restore(checkpoint: str, overrides: list[str], config_path: Optional[str] = 
     if not ckpt.get("classes") or not ckpt.get("palette"):
         raise CheckpointError(f"{checkpoint}: holds no class list or palette (was it written by train.py?)")
     model = build_model(cfg.model, len(ckpt["classes"]))
-    if ckpt.get("ema") is not None:  # the weights train.py validated (and chose best.pt by)
-        ema_state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-        load_model_state(model, ema_state, f"{checkpoint} (EMA weights)")
+    weights, ema = validated_weights(ckpt)
+    load_model_state(model, weights, f"{checkpoint} (EMA weights)" if ema else checkpoint)
+    if ema:
         logger.info("%s: using the EMA weights", checkpoint)
-    else:
-        load_model_state(model, ckpt["model"], checkpoint)
     return model, cfg, ckpt

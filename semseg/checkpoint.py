@@ -104,6 +104,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def validated_weights(ckpt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], bool]:
+    """The model weights train.py validated (and chose ``best.pt`` by): the EMA copy when the run kept
+    one, else the trained weights; the flag says which."""
+    if ckpt.get("ema") is not None:
+        return {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}, True
+    return ckpt["model"], False
+
+
 def _shape(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else f"({type(value).__name__}, not a tensor)"
 

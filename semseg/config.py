@@ -103,6 +103,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     resume: Optional[str] = None
+    init_from: Optional[str] = None  # a checkpoint whose weights (only) start this new run: fine-tuning stages
     deterministic: bool = False
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler
     channels_last: bool = False
