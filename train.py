@@ -36,7 +36,7 @@ from semseg.cli import run_script
 from semseg.config import Config, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
 from semseg.data import make_loaders, set_epoch
 from semseg.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object, check_sync_bn, cleanup,
-                                device_for, gather_objects, init_distributed)  # fmt: skip
+                                device_for, gather_objects, init_distributed, peer_lost)  # fmt: skip
 from semseg.engine import Stepper, TrainState, build_ema, evaluate, train_one_epoch
 from semseg.errors import CheckpointError, ConfigError, writing
 from semseg.loaders import SegmentationDataset
@@ -187,6 +187,11 @@ def train(args: argparse.Namespace) -> int:
     ctx = init_distributed(cfg.train.device)
     try:
         return fit(cfg, config_path, ckpt, ctx)
+    except RuntimeError as exc:
+        lost = peer_lost(exc, ctx)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         cleanup(ctx)
 

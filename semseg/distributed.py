@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from semseg.errors import ConfigError
+from semseg.errors import ConfigError, SemsegError
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,23 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+# What a collective raises when another process died mid-run: gloo sees its socket close, NCCL
+# sees the communicator aborted (torchrun stops the survivors only after they report).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def peer_lost(exc: BaseException, ctx: DistContext) -> Exception | None:
+    """A one-line :class:`SemsegError` when ``exc`` means another process stopped, else None.
+
+    The process that failed has printed its own one-line reason (out of memory, a bad file, …);
+    the others would add a deep gloo/NCCL traceback that hides it.
+    """
+    if not ctx.enabled or not (isinstance(exc, dist.DistNetworkError) or any(s in str(exc) for s in PEER_LOST)):
+        return None
+    return SemsegError(f"process {ctx.rank} of {ctx.world_size}: another process stopped (its error is printed above); "
+                       "the last checkpoint is intact")  # fmt: skip
 
 
 def cleanup(ctx: DistContext) -> None:

@@ -55,3 +55,39 @@ def test_ddp_gloo_two_processes_matches_single_process_metrics(tmp_path: Path, c
     assert single["miou"] == ddp_val["miou"]
     assert single["pixel_acc"] == ddp_val["pixel_acc"]
     assert list(single["iou"].values()) == list(ddp_val["iou"].values())
+
+
+OOM_ON_RANK_1 = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import torch
+import train
+from semseg.engine import Stepper
+
+real, calls = Stepper.backward, []
+
+def backward(self, *args, **kwargs):
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 3:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return real(self, *args, **kwargs)
+
+Stepper.backward = backward
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_that_fails_stops_the_others_with_one_line_each(tmp_path: Path) -> None:
+    """Rank 1 runs out of memory mid-epoch; rank 0, waiting in a collective, must not hang or bury its error."""
+    script = tmp_path / "oom_on_rank_1.py"
+    script.write_text(OOM_ON_RANK_1.format(repo=str(REPO)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--set", *TINY, f"log.run_dir={tmp_path / 'runs'}", "train.device=cpu", "data.params.num_images={train: 32, val: 4, test: 1}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)  # a hang fails here
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 2, done.stderr[-3000:]
+    assert any(line.startswith("error: out of memory at iteration 3 with batch 4") for line in ours)
+    assert "error: process 0 of 2: another process stopped (its error is printed above); the last checkpoint is intact" in ours
+    assert "[rank0]: Traceback" not in done.stderr and "Connection closed by peer" not in done.stderr
