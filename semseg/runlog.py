@@ -1,5 +1,5 @@
-"""Reading a run folder's ``metrics.jsonl`` back, for the tools that report on a run
-(``tools/plot_run.py``, ``tools/record_result.py``): one reader, so both see the same records."""
+"""Reading a run's files back, for the tools that report on runs (``tools/plot_run.py``,
+``tools/record_result.py``, ``tools/results_table.py``): one reader each, so all see the same records."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from semseg.errors import DataError
+from semseg.errors import DataError, os_reason
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -37,3 +37,13 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     if not records:
         raise DataError(f"{path}: empty; no iteration has been logged yet")
     return sorted(records.values(), key=lambda r: r["iteration"])
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path`` (a results or bench file), or a one-line :class:`DataError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {os_reason(exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: {exc}") from None  # e.g. "Expecting property name … line 1 column 2"

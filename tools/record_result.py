@@ -14,21 +14,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/record_result.py` from anywhere
 
 from semseg.config import read_yaml  # noqa: E402
 from semseg.errors import SemsegError, os_reason  # noqa: E402
-from semseg.runlog import read_metrics  # noqa: E402
-
-
-def read_json(path: Path) -> Any:
-    """The JSON document in ``path``, or a one-line error naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"error: {path}: {exc}") from None
+from semseg.runlog import read_json, read_metrics  # noqa: E402
 
 
 def summarise(run: Path) -> dict:
@@ -75,7 +67,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.wall_time_min is not None:
         entry["wall_time_min"] = args.wall_time_min
     out = args.results_dir / f"{entry['dataset']}.json"
-    entries = read_json(out) if out.is_file() else []
+    try:
+        entries = read_json(out) if out.is_file() else []
+    except SemsegError as exc:
+        raise SystemExit(f"error: {exc}") from None
     entries = [e for e in entries if e["run"] != entry["run"]] + [entry]
     try:
         out.write_text(json.dumps(entries, indent=1) + "\n")

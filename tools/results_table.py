@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python t
 
 from semseg.models.__main__ import measure  # noqa: E402
 from semseg.registry import MODELS  # noqa: E402
+from semseg.errors import SemsegError  # noqa: E402
+from semseg.runlog import read_json  # noqa: E402
 
 size_and_cost = functools.lru_cache(maxsize=None)(measure)  # (params, GFLOPs); pure, and ~1 s a call
 START, END = "<!-- results-table -->", "<!-- /results-table -->"
@@ -34,9 +35,9 @@ SIZES = ((360, 480), (512, 1024))
 
 def load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"error: {path}: {exc}") from None
+        return read_json(path)
+    except SemsegError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def best_runs(entries: list[dict]) -> dict[str, dict]:
