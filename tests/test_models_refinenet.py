@@ -6,6 +6,8 @@ device; the real-tensor tests use small blocks or Light-Weight RefineNet-50.
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,28 @@ def test_crp_sums_a_chain_of_pools() -> None:
         link = F.conv2d(F.max_pool2d(link, 5, 1, 2), conv.weight)
         expected = expected + link
     torch.testing.assert_close(crp(x), expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_crp_channels_last_pooling_is_bit_identical_and_keeps_the_layout(layout: str) -> None:
+    """The CPU speed-up pools through channels-last memory: same values, gradients and output layout as the plain pool."""
+    torch.manual_seed(0)
+    crp = refinenet.CRP(8, stages=4, kernel_size=1)
+    view = {"contiguous": lambda t: t, "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+            "strided": lambda t: t[..., ::2]}[layout]  # fmt: skip
+    leaf = torch.randn(2, 8, 17, 46, requires_grad=True)
+    plain = leaf.detach().clone().requires_grad_(True)
+    x = view(leaf)
+    out = crp(x)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in crp.parameters()]
+    crp.zero_grad()
+    with patch.object(refinenet.CRP, "_pool", lambda self, t: self.pool(t)):  # the plain NCHW pool
+        expected = crp(view(plain))
+        expected.square().sum().backward()
+    assert torch.equal(out, expected) and torch.equal(leaf.grad, plain.grad)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, crp.parameters()))
+    assert out.stride() == expected.stride()  # the layout the plain pool gives, so nothing downstream changes
 
 
 def test_fusion_reduces_then_upsamples_then_pools() -> None:

@@ -83,9 +83,17 @@ class CRP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = top = F.relu(x)
         for conv in self.convs:
-            top = conv(self.pool(top))
+            top = conv(self._pool(top))
             x = x + top
         return x
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The 5×5 pool, on CPU through channels-last memory: PyTorch's CPU max-pool is ~10× faster
+        there than on NCHW (it was 62 % of Light-Weight RefineNet's forward). The values and
+        gradients are bit-identical; the result is handed back in the layout it came in."""
+        if x.device.type != "cpu" or not x.is_contiguous():
+            return self.pool(x)
+        return self.pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 class RefineBlock(nn.Module):
