@@ -23,9 +23,9 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/results_table.py` from anywhere
 
+from semseg.errors import SemsegError  # noqa: E402
 from semseg.models.__main__ import measure  # noqa: E402
 from semseg.registry import MODELS  # noqa: E402
-from semseg.errors import SemsegError  # noqa: E402
 from semseg.runlog import read_json  # noqa: E402
 
 size_and_cost = functools.lru_cache(maxsize=None)(measure)  # (params, GFLOPs); pure, and ~1 s a call
