@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic seeds, few threads, and the real-CamVid skip marker."""
+"""Shared test settings and helpers: deterministic seeds, the real-CamVid skip marker, script loading, one-line errors."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def load_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def one_line_error(capsys: pytest.CaptureFixture) -> str:
+    """What a script printed to stderr, asserted to be the one line the house rules promise."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

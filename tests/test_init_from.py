@@ -9,10 +9,9 @@ import torch
 
 import train
 from semseg.build import build_model
-from semseg.checkpoint import FORMAT_VERSION, save_atomic
-from semseg.config import config_from_dict, config_to_dict, load_config
-from semseg.loaders import dataset_class
-from tests.conftest import REPO
+from semseg.config import config_from_dict, load_config
+from tests.conftest import REPO, one_line_error
+from tests.fixtures.checkpoints import write_checkpoint
 from tests.test_pipeline import records, run_train
 
 SMALL = ["train.epochs=1", "data.params.num_images={train: 8, val: 2, test: 1}"]
@@ -22,12 +21,6 @@ FROZEN = ["optim.lr=0.0", "optim.weight_decay=0.0"]  # a run that cannot move it
 def params(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
     state = torch.load(path, weights_only=False)[key]
     return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
-
-
-def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 @pytest.mark.parametrize("ema", [False, True])
@@ -59,18 +52,9 @@ def test_resume_of_a_fine_tuning_run_does_not_reread_init_from(tmp_path: Path) -
     assert any(not torch.equal(ckpt["model"][k], v) for k, v in resumed_from.items() if v.is_floating_point())
 
 
-def write_checkpoint(path: Path, model_name: str, dataset: dict) -> Path:
-    cfg = config_from_dict({"model": {"name": model_name}, "data": dataset})
-    classes = dataset_class(cfg.data.name).CLASSES
-    model = build_model(cfg.model, len(classes))
-    save_atomic({"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config_to_dict(cfg), "ema": None,
-                 "classes": list(classes), "palette": [[0, 0, 0]] * len(classes)}, path)  # fmt: skip
-    return path
-
-
 def test_a_checkpoint_that_cannot_start_the_run_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    erfnet = write_checkpoint(tmp_path / "erfnet.pt", "erfnet", {"name": "synthetic"})
-    camvid = write_checkpoint(tmp_path / "camvid.pt", "enet", {"name": "camvid"})
+    erfnet = write_checkpoint(tmp_path / "erfnet.pt", {"name": "synthetic"}, model="erfnet")
+    camvid = write_checkpoint(tmp_path / "camvid.pt", {"name": "camvid"})
     cases = {
         tmp_path / "missing.pt": f"{tmp_path / 'missing.pt'}: checkpoint not found",
         erfnet: f"{erfnet}: holds model 'erfnet', but model.name is 'enet'",

@@ -23,11 +23,12 @@ import train
 import validate
 from semseg.build import build_model
 from semseg.checkpoint import FORMAT_VERSION, load_model_state, save_atomic
-from semseg.config import DataConfig, config_from_dict, config_to_dict
+from semseg.config import DataConfig, config_from_dict
 from semseg.errors import CheckpointError, DataError
-from semseg.loaders import SegmentationDataset, build_dataset, dataset_class
+from semseg.loaders import SegmentationDataset, build_dataset
 from semseg.loaders._base import Sample
-from tests.conftest import load_script
+from tests.conftest import load_script, one_line_error
+from tests.fixtures.checkpoints import write_checkpoint
 from tests.fixtures.camvid import SIZE, build_camvid, mask_pattern
 
 test_script = load_script("test")  # the repo's test.py
@@ -36,24 +37,8 @@ SYNTHETIC = {"name": "synthetic", "num_workers": 0, "val_batch_size": 2,
              "params": {"size": [24, 32], "num_images": {"train": 2, "val": 2, "test": 2}}}  # fmt: skip
 
 
-def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def write_checkpoint(path: Path, data: dict) -> Path:
-    """A checkpoint as train.py writes it (the keys restore() reads), of an untrained ENet."""
-    cfg = config_from_dict({"model": {"name": "enet"}, "data": data, "train": {"device": "cpu"}, "log": {"visdom": False}})
-    classes = dataset_class(cfg.data.name)
-    model = build_model(cfg.model, len(classes.CLASSES))
-    save_atomic({"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config_to_dict(cfg), "ema": None,
-                 "classes": list(classes.CLASSES), "palette": [list(c) for c in classes.PALETTE]}, path)  # fmt: skip
-    return path
 
 
 @pytest.fixture(scope="module")
