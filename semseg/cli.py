@@ -1,4 +1,4 @@
-"""The one place where scripts turn user errors into a one-line message and an exit code."""
+"""The one place where scripts turn user errors and Ctrl-C into a one-line message and an exit code."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ from typing import Callable
 
 from semseg.errors import SemsegError
 
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
+
 
 def run_script(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a script's body with logging set up; a :class:`SemsegError` becomes ``error: …`` on stderr."""
+    """Run a script's body with logging set up.
+
+    A :class:`SemsegError` becomes ``error: …`` on stderr and its exit code; Ctrl-C
+    (``KeyboardInterrupt``) becomes ``interrupted (Ctrl-C)`` and 130, not a traceback
+    through the evaluation loop. train.py asks for the first Ctrl-C politely
+    (semseg/stop.py) and returns 130 itself; its second, abort-now Ctrl-C ends here.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return body(args)
     except SemsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED

@@ -1,0 +1,79 @@
+"""semseg.cli.run_script: Ctrl-C in validate.py and test.py is one line and exit code 130, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from semseg.cli import run_script
+from tests.conftest import REPO, one_line_error
+from tests.fixtures.checkpoints import write_checkpoint
+
+# many small images: an evaluation that runs for minutes unless interrupted
+DATA = {"name": "synthetic", "num_workers": 1, "params": {"size": [48, 64], "num_images": {"train": 2, "val": 5000, "test": 5000}}}
+
+
+def test_keyboard_interrupt_is_one_line_and_130(capsys: pytest.CaptureFixture) -> None:
+    def body(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    try:
+        rc = run_script(body, argparse.Namespace())
+    except KeyboardInterrupt:  # uncaught, it would stop the whole pytest session
+        pytest.fail("KeyboardInterrupt escaped run_script")
+    assert rc == 130
+    assert one_line_error(capsys) == "interrupted (Ctrl-C)"
+
+
+def children(pid: int) -> list[str]:
+    """Processes ``pid`` has started (the DataLoader workers), from /proc."""
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+def interrupt_when(cmd: list[str], cwd: Path, ready: Callable[[int], bool]) -> tuple[int, str]:
+    """Run ``cmd`` in its own process group; once ``ready(pid)``, send SIGINT to the whole group as a
+    terminal's Ctrl-C does (DataLoader workers included); (exit code, stderr)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and not ready(proc.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.3)  # well inside the loop
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to see the loader's workers")
+def test_ctrl_c_in_validate_is_one_line(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "enet.pt", DATA)
+    cmd = [sys.executable, str(REPO / "validate.py"), "--checkpoint", str(ckpt), "--set", "train.device=cpu"]
+    rc, err = interrupt_when(cmd, tmp_path, lambda pid: bool(children(pid)))  # workers up: evaluation has begun
+    assert rc == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+    assert not list(tmp_path.glob("*.json"))  # no metrics file from half a split
+
+
+def test_ctrl_c_in_test_is_one_line(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "enet.pt", DATA)
+    out = tmp_path / "predictions"
+    cmd = [sys.executable, str(REPO / "test.py"), "--checkpoint", str(ckpt), "--split", "test", "--out", str(out), "--set", "train.device=cpu"]
+    rc, err = interrupt_when(cmd, tmp_path, lambda pid: any((out / "ids").glob("*.png")))  # predictions are being written
+    assert rc == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
