@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, TypeVar
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from semseg.config import InferConfig, TrainConfig
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MAX_NON_FINITE_IN_A_ROW = 10
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+EVAL_PROGRESS_SECONDS = 10.0  # off a terminal, evaluate() logs progress at 10 % steps, at most this often
 
 
 def autocast(device: torch.device, amp: Optional[str]) -> contextlib.AbstractContextManager:
@@ -33,6 +36,22 @@ def autocast(device: torch.device, amp: Optional[str]) -> contextlib.AbstractCon
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 T = TypeVar("T")
+
+
+class Pace:
+    """Seconds per unit of work since the previous call: the rate shown in progress lines."""
+
+    def __init__(self, done: int = 0) -> None:
+        self.time, self.done = time.perf_counter(), done
+
+    def since(self) -> float:
+        return time.perf_counter() - self.time
+
+    def per_unit(self, done: int) -> float:
+        now = time.perf_counter()
+        rate = (now - self.time) / max(1, done - self.done)
+        self.time, self.done = now, done
+        return rate
 
 
 @dataclass
@@ -168,11 +187,16 @@ def train_one_epoch(
     ``MAX_NON_FINITE_IN_A_ROW`` in a row training stops with a clear error rather
     than writing NaN weights over a good checkpoint. Running out of memory stops
     with a one-line error naming the batch shape and the settings to lower.
+
+    The progress bar shows only on a terminal; with the output redirected to a file
+    the main process logs a line every ``print_every`` steps instead (step, loss,
+    learning rate, seconds per step), so a long epoch is not silent.
     """
     stepper.model.train()
     accumulate, micro, step_loss = stepper.cfg.accumulate, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True,
                disable=None if stepper.ctx.is_main else True)  # None: only on a terminal  # fmt: skip
+    pace = Pace(state.step_in_epoch) if bar.disable and stepper.ctx.is_main else None
     for images, masks in bar:
         if state.step_in_epoch >= steps_per_epoch:
             break  # leftover micro-batches that cannot fill a whole accumulation
@@ -197,10 +221,44 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         if state.iteration % print_every == 0:
             log({"type": "train", "epoch": state.epoch + 1, "iteration": state.iteration, "loss": step_loss, "lr": lr})
+            if pace is not None:
+                logger.info("epoch %d: step %d/%d, loss %.4f, lr %.1e, %.2f s/step", state.epoch + 1, state.step_in_epoch,
+                            steps_per_epoch, step_loss, lr, pace.per_unit(state.step_in_epoch))  # fmt: skip
         micro, step_loss = 0, 0.0
         if any_process(should_stop(), stepper.ctx, stepper.device):
             return False
     return True
+
+
+def spread(count: int, keep: int) -> list[int]:
+    """``keep`` of ``range(count)`` evenly spaced, the first and the last included: round(linspace(0, count - 1, keep))."""
+    if keep <= 0 or count <= 0:
+        return []
+    if keep >= count:
+        return list(range(count))
+    if keep == 1:
+        return [0]
+    return [math.floor(i * (count - 1) / (keep - 1) + 0.5) for i in range(keep)]
+
+
+def images_in(loader: Iterable) -> Optional[int]:
+    """How many images ``loader`` yields, when it can tell without loading any (a batching ``DataLoader``
+    over a map-style dataset, or a list of batches); None otherwise."""
+    if isinstance(loader, DataLoader):
+        if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
+            return None
+        n = len(loader.sampler)  # under DDP a ShardSampler: this process's share of the split
+        return n - n % loader.batch_size if loader.drop_last else n
+    if isinstance(loader, (list, tuple)):
+        return sum(len(batch[0]) for batch in loader)
+    return None
+
+
+def _batches_in(loader: Iterable) -> Optional[int]:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:  # a generator, or a DataLoader over an IterableDataset without __len__
+        return None
 
 
 @torch.no_grad()
@@ -214,20 +272,36 @@ def evaluate(
     infer: InferConfig | None = None,
     amp: str = "off",
 ) -> tuple[ConfusionMatrix, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """Confusion matrix over ``loader``, plus the first ``keep`` (image, truth, prediction) triples.
+    """Confusion matrix over ``loader``, plus ``keep`` (image, truth, prediction) CPU triples spread over it.
+
+    The kept images are ``spread(images_in(loader), keep)`` of the images in the order
+    the loader yields them, so they sample the whole split rather than ``keep``
+    consecutive frames of one sequence, and they are the same every epoch. Under DDP
+    each process keeps that spread of its own share (a ShardSampler gives rank r the
+    images r, r + W, …), which is still spread evenly over the whole split. A loader
+    that cannot tell its length up front keeps its first ``keep`` images.
 
     ``infer`` selects whole-image, sliding-window or test-time-augmented prediction;
     ``amp`` (bf16/fp16) runs the model under autocast, scores are compared in float32.
+    Off a terminal (no progress bar) progress is logged at 10 % steps, at most every
+    ``EVAL_PROGRESS_SECONDS``.
     """
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index, device)  # all_reduce() it under DDP
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for images, masks in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None):
+    count = images_in(loader)
+    wanted = set(spread(count, keep)) if count is not None else set(range(keep))
+    bar = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=None)
+    total = _batches_in(loader)
+    every, pace, seen = max(1, math.ceil((total or 100) / 10)), Pace(), 0
+    for batch, (images, masks) in enumerate(bar, 1):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         pred = _predict_or_explain(model, images, infer, amp, device)
         confusion.update(pred, masks)
-        for i in range(min(images.shape[0], keep - len(kept))):
-            kept.append((images[i].cpu(), masks[i].cpu(), pred[i].cpu()))
+        kept += [(images[i].cpu(), masks[i].cpu(), pred[i].cpu()) for i in range(images.shape[0]) if seen + i in wanted]
+        seen += images.shape[0]
+        if bar.disable and batch % every == 0 and batch != total and pace.since() >= EVAL_PROGRESS_SECONDS:
+            logger.info("eval: batch %d/%s, %.2f s/batch", batch, total or "?", pace.per_unit(batch))
     return confusion, kept
 
 

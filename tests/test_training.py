@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -259,3 +262,25 @@ def test_compiled_model_trains_and_saves_plain_weights(tmp_path: Path, monkeypat
     assert len(compiled) == 1
     keys = torch.load(run / "last.pt", weights_only=False)["model"].keys()
     assert keys and not any(k.startswith("_orig_mod") for k in keys)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+PROGRESS = re.compile(r"epoch 1: step (\d+)/6, loss \d+\.\d{4}, lr 1\.0e-01, \d+\.\d{2} s/step")
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["redirected", "terminal"])
+def test_progress_lines_every_print_every_steps_only_off_a_terminal(tty: bool, caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(sys, "stderr", Terminal() if tty else io.StringIO())  # where tqdm draws its bar
+    s = stepper(Pointwise())
+    caplog.set_level(logging.INFO, logger="semseg.engine")
+    train_one_epoch(s, batches(6), 6, lambda it: 0.1, TrainState(), lambda r: None, print_every=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "semseg.engine"]
+    if tty:  # the bar shows the progress
+        assert lines == []
+    else:
+        assert [int(PROGRESS.fullmatch(line).group(1)) for line in lines] == [2, 4, 6], lines
