@@ -75,13 +75,22 @@ def format_table(metrics: dict[str, object], class_names: Sequence[str], title: 
 
 
 def format_confusion(mat: torch.Tensor, class_names: Sequence[str]) -> str:
-    """The confusion matrix, row-normalised to percent (rows = truth)."""
+    """The confusion matrix, row-normalised to percent (rows = truth), columns numbered.
+
+    Each row starts with the class's number and its full name; column ``k`` is the
+    prediction of class number ``k``. So every name is shown in full, once, and a
+    column is 7 characters wide however long the names are: headers as wide as the longest
+    name would make CamVid's 11 columns 11 wide each, and ADE20K's 150 (names such as
+    "chest of drawers") over 2,500 characters a line; cut names (the old 6 letters)
+    made "traffic light" and "traffic sign" the same header.
+    """
     m = mat.double().cpu()
     rows = m / m.sum(1, keepdim=True).clamp(min=1)
-    short = [n[:6] for n in class_names]
-    width = max(10, *(len(n) for n in class_names))
+    digits = len(str(len(class_names) - 1))
+    labels = [f"{k:>{digits}} {name}" for k, name in enumerate(class_names)]
     corner = "truth \\ pred"
-    lines = [f"{corner:<{width}} " + " ".join(f"{s:>6}" for s in short)]
-    for name, row in zip(class_names, rows):
-        lines.append(f"{name:<{width}} " + " ".join(f"{100 * v:6.1f}" for v in row.tolist()))
+    width = max(len(corner), *(len(label) for label in labels))
+    lines = [f"{corner:<{width}} " + " ".join(f"{k:>6}" for k in range(len(class_names)))]
+    for label, row in zip(labels, rows):
+        lines.append(f"{label:<{width}} " + " ".join(f"{100 * v:6.1f}" for v in row.tolist()))
     return "\n".join(lines)

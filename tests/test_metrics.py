@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from semseg.metrics import ConfusionMatrix, format_table
+from semseg.metrics import ConfusionMatrix, format_confusion, format_table
 
 IGN = 255
 
@@ -59,3 +59,18 @@ def test_table_lists_every_class() -> None:
     cm.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
     table = format_table(cm.compute(), ["road", "sky"])
     assert "road" in table and "sky" in table and "mIoU" in table and "n/a" not in table.split("road")[1].split("\n")[0]
+
+
+def test_confusion_shows_every_class_name_in_full_with_numbered_columns() -> None:
+    names = ["road", "traffic light", "traffic sign", "chest of drawers"]  # the last three share or exceed 6 letters
+    mat = torch.tensor([[8, 2, 0, 0], [0, 5, 5, 0], [0, 0, 3, 1], [0, 0, 0, 0]])
+    lines = format_confusion(mat, names).splitlines()
+    assert lines[0].split()[-4:] == ["0", "1", "2", "3"]  # column k: predicted as class number k
+    assert len({len(line) for line in lines}) == 1  # aligned
+    for k, (name, line) in enumerate(zip(names, lines[1:])):
+        assert line.startswith(f"{k} {name} ")  # the full name, with the number heading its column
+    assert lines[2].split()[-4:] == ["0.0", "50.0", "50.0", "0.0"]  # rows = truth, in percent
+    assert lines[4].split()[-4:] == ["0.0"] * 4  # a class absent from the truth: zeros, not NaN
+    wide = format_confusion(torch.eye(150, dtype=torch.int64), [f"class name {k}" for k in range(150)]).splitlines()
+    assert wide[1].startswith("  0 class name 0 ") and wide[150].startswith("149 class name 149 ")
+    assert len(wide[0]) < 7 * 150 + 30  # 7 characters a column, however long the names
