@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,13 @@ def test_test_script_writes_ids_colours_and_overlays(trained: Path, tmp_path: Pa
     assert Image.open(out / "color" / "0000.png").mode == "RGB"
     assert Image.open(out / "overlay" / "0000.png").size == (64, 48)
     assert (out / "confidence" / "0000.png").is_file()
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout")
+def test_test_scripts_default_output_folder_is_git_ignored() -> None:
+    out = test_script.parse_args(["--checkpoint", "best.pt", "--split", "test"]).out
+    for path in (f"{out}/color/0000.png", f"{out}/ids/0000.png"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0, f"{path} is not in .gitignore"
 
 
 def test_test_script_on_a_folder_and_on_bad_inputs(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
