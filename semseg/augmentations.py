@@ -43,15 +43,30 @@ class Compose:
         return f"Compose({', '.join(type(t).__name__ for t in self.transforms)})"
 
 
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image → 3×H×W uint8 tensor (RGB)."""
+    return F.pil_to_tensor(image.convert("RGB"))
+
+
 class ToTensors:
     """PIL image and id mask → (3×H×W uint8, 1×H×W uint8) tensors."""
 
     def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
-        return F.pil_to_tensor(image.convert("RGB")), torch.from_numpy(np.array(mask, dtype=np.uint8))[None]
+        return image_tensor(image), torch.from_numpy(np.array(mask, dtype=np.uint8))[None]
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear with antialiasing (a downscale averages, it does not alias), on the uint8 image."""
+    return F.resize(image, list(size), BILINEAR, antialias=True)
+
+
+def normalize_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """3×H×W uint8 → float, scaled to [0, 1], then (x - mean) / std per channel."""
+    return F.normalize(image.float().div_(255), list(mean), list(std))
 
 
 def _resize(image: torch.Tensor, mask: torch.Tensor, size: list[int]) -> Pair:
-    return F.resize(image, size, BILINEAR, antialias=True), F.resize(mask, size, NEAREST)
+    return resize_image(image, size), F.resize(mask, size, NEAREST)
 
 
 class RandomScale:
@@ -196,8 +211,7 @@ class Normalize:
         self.mean, self.std = list(mean), list(std)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
-        image = F.normalize(image.float().div_(255), self.mean, self.std)
-        return image, mask[0].long()
+        return normalize_image(image, self.mean, self.std), mask[0].long()
 
 
 def train_transforms(cfg: AugmentConfig, ignore_index: int) -> Compose:
@@ -228,10 +242,31 @@ def train_transforms(cfg: AugmentConfig, ignore_index: int) -> Compose:
     return Compose(steps)
 
 
-def eval_transforms(cfg: AugmentConfig) -> Compose:
-    """Deterministic: optional resize, then normalise. Metrics are taken at this size."""
-    steps: list[Callable[[Any, Any], Any]] = [ToTensors()]
+def eval_image(image: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """The network input at evaluation: 3×H×W uint8 → resized to ``augment.eval_size`` (when set), normalised.
+
+    The one path from image to network input for validate.py (through
+    :func:`eval_transforms`) and test.py (``semseg.inference.predict_image``), so the
+    same image gives the same input in both, bit for bit. It resizes the uint8
+    image with antialiasing, as the training presets do.
+    """
     if cfg.eval_size is not None:
-        steps.append(Resize(cfg.eval_size))
-    steps.append(Normalize(cfg.mean, cfg.std))
-    return Compose(steps)
+        image = resize_image(image, cfg.eval_size)
+    return normalize_image(image, cfg.mean, cfg.std)
+
+
+class EvalInput:
+    """Evaluation's one deterministic step: the image through :func:`eval_image`, the mask to the same size."""
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        if self.cfg.eval_size is not None:
+            mask = F.resize(mask, list(self.cfg.eval_size), NEAREST)
+        return eval_image(image, self.cfg), mask[0].long()
+
+
+def eval_transforms(cfg: AugmentConfig) -> Compose:
+    """Deterministic: optional resize, then normalise (:func:`eval_image`). Metrics are taken at this size."""
+    return Compose([ToTensors(), EvalInput(cfg)])

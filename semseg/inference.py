@@ -19,10 +19,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 
+from semseg.augmentations import eval_image, image_tensor
 from semseg.config import AugmentConfig, InferConfig
 from semseg.errors import ConfigError
 
@@ -179,14 +179,13 @@ def predict_image(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class ids H×W, confidence H×W) at the image's own size.
 
-    The image is normalised as in training; with ``augment.eval_size`` it is
-    resized for the network and the class scores are resized back (bilinear on
-    probabilities, so the labels stay sharp).
+    The network input is built by ``semseg.augmentations.eval_image``, as for
+    validation (normalised; resized with antialiasing to ``augment.eval_size`` when
+    set), and the class scores are resized back (bilinear on probabilities, so the
+    labels stay sharp).
     """
     model.eval()
-    x = TF.normalize(TF.to_tensor(image.convert("RGB")), list(cfg.mean), list(cfg.std))[None].to(device)
-    if cfg.eval_size is not None:
-        x = F.interpolate(x, size=cfg.eval_size, mode="bilinear", align_corners=False)
+    x = eval_image(image_tensor(image), cfg)[None].to(device)
     probs = predict_scores(model, x, infer)
     if probs.shape[-2:] != (image.height, image.width):
         probs = F.interpolate(probs, size=(image.height, image.width), mode="bilinear", align_corners=False)

@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 
 import semseg.models  # noqa: F401 - registers the models
-from semseg.config import AugmentConfig, InferConfig, apply_overrides, config_from_dict
+from semseg.augmentations import eval_transforms
+from semseg.config import AugmentConfig, DataConfig, InferConfig, apply_overrides, config_from_dict
 from semseg.errors import ConfigError
 from semseg.inference import (
     add_infer_args,
@@ -26,6 +27,7 @@ from semseg.inference import (
     window_starts,
     windows,
 )
+from semseg.loaders import build_dataset
 from semseg.registry import MODELS
 
 C = 4  # classes
@@ -171,6 +173,32 @@ def test_scores_are_probabilities_at_the_input_size(cfg: InferConfig) -> None:
     assert scores.shape == (2, C, 37, 53) and scores.dtype == torch.float32
     assert scores.min() >= 0
     torch.testing.assert_close(scores.sum(1), torch.ones(2, 37, 53), atol=1e-5, rtol=0)
+
+
+class Recorder(nn.Module):
+    """Keeps the inputs it is given; predicts class 0 everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.inputs.append(x.clone())
+        return {"out": F.pad(torch.ones_like(x[:, :1]), (0, 0, 0, 0, 0, C - 1))}
+
+
+@pytest.mark.parametrize("eval_size", [None, (27, 35), (64, 80)], ids=["native", "down", "up"])
+def test_validate_and_test_feed_the_network_the_same_input(eval_size: tuple[int, int] | None) -> None:
+    """validate.py's input (the dataset through eval_transforms) and test.py's (predict_image on the split's image) are one."""
+    aug = AugmentConfig(eval_size=eval_size)
+    data = DataConfig(name="synthetic", params={"size": [48, 64], "num_images": {"val": 3}})
+    scored, plain = build_dataset(data, "val", eval_transforms(aug)), build_dataset(data, "val")
+    for i in range(len(plain)):
+        model = Recorder()
+        ids, _ = predict_image(model, plain.load_image(i), aug, torch.device("cpu"))
+        (network_input,) = model.inputs
+        assert torch.equal(network_input[0], scored[i][0])  # bit for bit, however the image is resized
+        assert ids.shape == (48, 64)  # the prediction itself at the image's own size
 
 
 def test_predict_image_takes_the_inference_settings() -> None:
