@@ -79,7 +79,32 @@ def test_sample_grid_tiles() -> None:
             np.testing.assert_array_equal(grid[r * 50 : r * 50 + 48, c * 66 : c * 66 + 64], tile)
     assert (grid[48:50] == 255).all() and (grid[:, 64:66] == 255).all()
     big = [tuple(np.zeros((360, 480, 3), np.uint8) for _ in range(3))] * 2
-    assert plot_run.sample_grid(big, tile_width=240, gap=2).shape == (2 * 180 + 2, 3 * 240 + 4, 3)
+    assert plot_run.sample_grid(big, gap=2).shape == (2 * 360 + 2, 3 * 480 + 4, 3)  # native size, never scaled down
+    mixed = plot_run.sample_grid([triples[0], tuple(np.zeros((20, 30, 3), np.uint8) for _ in range(3))], gap=2)
+    assert mixed.shape == (48 + 2 + 20, 3 * 64 + 4, 3)
+    assert all((mixed[50:, x : x + 30] == 0).all() for x in (0, 32, 64)) and (mixed[50:, 94:] == 255).all()  # left-aligned on white
+
+
+def test_samples_png_keeps_every_class_of_a_mask(tmp_path: Path) -> None:
+    """Masks wider than a laptop tile, with classes drawn in one-pixel stripes: every class survives into the PNG."""
+    palette = [(0, 0, 0), (255, 0, 0), (0, 200, 0), (0, 0, 255)]
+    ids = np.zeros((60, 480), np.uint8)
+    ids[:, 0:160:2] = 1  # even columns on the left, odd ones in the middle, every other row on the right:
+    ids[:, 161:320:2] = 2  # a resize by any factor drops one of them
+    ids[0::2, 320:] = 3
+    colours = np.asarray(palette, np.uint8)[ids]
+    image = np.full((60, 480, 3), 128, np.uint8)
+    grid = plot_run.sample_grid([(image, colours, colours)])
+    path = plot_run.plot_samples(grid, ["void", "a", "b", "c"], palette, tmp_path)
+    with Image.open(path) as png:
+        drawn = np.asarray(png.convert("RGB"))
+    h, w = grid.shape[:2]
+    np.testing.assert_array_equal(drawn[plot_run.SAMPLES_TOP :, :w], grid)  # pixel for pixel, below the titles
+    tile = drawn[plot_run.SAMPLES_TOP :, 2 * (480 + plot_run.GAP) :][:, :480]  # the prediction
+    present = {tuple(c) for c in tile.reshape(-1, 3)}
+    for cls in (1, 2, 3):
+        assert palette[cls] in present, f"class {cls} vanished from samples.png"
+        assert (tile == palette[cls]).all(-1).sum() == (ids == cls).sum()  # every one of its pixels
 
 
 def test_confusion_from_the_validate_json(run: Path) -> None:

@@ -13,8 +13,9 @@ Writes into ``--out`` (default ``<run>/plots``):
 * ``confusion.png``: the row-normalised confusion matrix (rows = truth), read from the
   ``<checkpoint>.<split>.json`` that ``validate.py`` wrote when it is at least as new as the
   checkpoint, else computed by running the checkpoint over the split;
-* ``samples.png``: image / truth / prediction rows for the first ``--images`` images of the split,
-  coloured with the palette stored in the checkpoint.
+* ``samples.png``: image / truth / prediction rows for ``--images`` images spread evenly over the
+  split (the ones train.py shows in visdom), coloured with the palette stored in the checkpoint and
+  drawn at their own pixel size, so no class of a mask is lost to resampling.
 
 The four curves need only ``metrics.jsonl``; the last two need the checkpoint and, unless the JSON
 is there, the dataset. When the dataset root is not available here (another machine's run) they
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/plot_run.py` from anywhere
@@ -45,7 +45,7 @@ from semseg.augmentations import eval_transforms  # noqa: E402
 from semseg.build import check_classes, resolve_device, restore, writable_dir  # noqa: E402
 from semseg.cli import run_script  # noqa: E402
 from semseg.config import Config  # noqa: E402
-from semseg.engine import evaluate  # noqa: E402
+from semseg.engine import evaluate, spread  # noqa: E402
 from semseg.errors import DataError, SemsegError  # noqa: E402
 from semseg.loaders import build_dataset  # noqa: E402
 from semseg.runlog import read_metrics  # noqa: E402
@@ -54,7 +54,6 @@ from semseg.visualize import colorize, denormalize  # noqa: E402
 logger = logging.getLogger("plot_run")
 
 DPI = 90  # small PNGs (a few tens of kB per curve) that still read well on a laptop screen
-TILE_WIDTH = 240  # samples.png tiles are scaled down to this width: 4 CamVid rows stay a few hundred kB
 GAP = 2  # white pixels between sample tiles
 SAMPLES_TOP, SAMPLES_RIGHT = 24, 130  # pixels around the sample grid: column titles, class legend
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, truth colours, prediction colours (H×W×3 uint8)
@@ -176,7 +175,7 @@ def plot_miou(vals: Sequence[dict[str, Any]], out: Path) -> Path:
     ax.plot(epochs, [100 * r["miou"] for r in vals], "o-", label="mIoU")
     ax.plot(epochs, [100 * r["pixel_acc"] for r in vals], "s--", ms=4, label="pixel accuracy")
     best = max(vals, key=lambda r: r["miou"])
-    ax.annotate(f"best {100 * best['miou']:.1f}", (best["epoch"], 100 * best["miou"]), textcoords="offset points",
+    ax.annotate(f"best {100 * best['miou']:.1f}%", (best["epoch"], 100 * best["miou"]), textcoords="offset points",
                 xytext=(0, 8), ha="center", va="bottom")  # fmt: skip
     ax.set(xlabel="epoch", ylabel="%", title="validation", ylim=(0, 100))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -198,7 +197,7 @@ def plot_class_iou(vals: Sequence[dict[str, Any]], out: Path) -> Path:
         ax.text(1 if v != v else 100 * v + 1, i, "n/a" if v != v else f"{100 * v:.1f}", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 105), xlabel="IoU (%)", title=f"per-class IoU, epoch {best['epoch']} (mIoU {100 * best['miou']:.1f})")
+    ax.set(xlim=(0, 105), xlabel="IoU (%)", title=f"per-class IoU, epoch {best['epoch']} (mIoU {100 * best['miou']:.1f}%)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return save(fig, out / "class_iou.png")
@@ -223,22 +222,20 @@ def plot_confusion(counts: np.ndarray, classes: Sequence[str], out: Path, title:
     return save(fig, out / "confusion.png")
 
 
-def sample_grid(triples: Sequence[Triple], tile_width: int = TILE_WIDTH, gap: int = GAP) -> np.ndarray:
-    """Rows of image | truth | prediction tiles on white, each tile scaled to at most ``tile_width`` wide.
+def sample_grid(triples: Sequence[Triple], gap: int = GAP) -> np.ndarray:
+    """Rows of image | truth | prediction tiles on white, every tile at its own pixel size.
 
-    Images are resampled bilinearly, colour masks with NEAREST (a blended class colour is no class).
-    Rows keep their own aspect ratio, so splits with mixed image sizes are not distorted.
+    Nothing is resampled: a downscaled mask (even with NEAREST) drops whole rows and columns
+    of pixels, and a class drawn in thin or scattered pixels can vanish from it. Rows of
+    different sizes (ADE20K) are left-aligned on a white background as wide as the widest.
     """
-    width = min(tile_width, min(t[0].shape[1] for t in triples))
     rows = []
     for triple in triples:
-        h, w = triple[0].shape[:2]
-        size = (width, max(1, round(h * width / w)))
-        tiles = [np.asarray(Image.fromarray(t).resize(size, Image.BILINEAR if k == 0 else Image.NEAREST)) if (w, h) != size
-                 else t for k, t in enumerate(triple)]  # fmt: skip
-        spacer = np.full((size[1], gap, 3), 255, np.uint8)
-        rows.append(np.concatenate([tiles[0], spacer, tiles[1], spacer, tiles[2]], axis=1))
-    rows = [part for row in rows for part in (row, np.full((gap, row.shape[1], 3), 255, np.uint8))][:-1]
+        spacer = np.full((triple[0].shape[0], gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([triple[0], spacer, triple[1], spacer, triple[2]], axis=1))
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    rows = [part for row in rows for part in (row, np.full((gap, width, 3), 255, np.uint8))][:-1]
     return np.concatenate(rows, axis=0)
 
 
@@ -300,8 +297,8 @@ def plot_from_checkpoint(args: argparse.Namespace, run: Path, out: Path) -> list
     images = max(args.images, 0)
     if not score and not images:
         return written
-    # Scoring needs the whole split; samples alone need only the first images.
-    subset = dataset if score else Subset(dataset, range(min(images, len(dataset))))
+    # Scoring needs the whole split; samples alone need only the images evaluate() would keep from it.
+    subset = dataset if score else Subset(dataset, spread(len(dataset), images))
     loader = DataLoader(subset, cfg.data.val_batch_size, num_workers=cfg.data.num_workers)
     device = resolve_device(cfg.train.device)
     confusion, kept = evaluate(model.to(device), loader, dataset.num_classes, dataset.IGNORE_INDEX, device, images,
