@@ -33,9 +33,23 @@ def test_keyboard_interrupt_is_one_line_and_130(capsys: pytest.CaptureFixture) -
     assert one_line_error(capsys) == "interrupted (Ctrl-C)"
 
 
-def children(pid: int) -> list[str]:
-    """Processes ``pid`` has started (the DataLoader workers), from /proc."""
-    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+def has_forked_workers(pid: int) -> bool:
+    """``pid`` has forked DataLoader workers: children running its own command line (not a helper
+    such as the ``uname`` that some imports start), from /proc."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return any(Path(f"/proc/{kid}/cmdline").read_bytes() == cmdline for kid in kids)
+    except OSError:  # a child that has just exited
+        return False
+
+
+def still_ready(pid: int, ready: Callable[[int], bool]) -> bool:
+    """``ready`` now and 0.3 s later: not a passing helper process, and well inside the loop."""
+    if not ready(pid):
+        return False
+    time.sleep(0.3)
+    return ready(pid)
 
 
 def interrupt_when(cmd: list[str], cwd: Path, ready: Callable[[int], bool]) -> tuple[int, str]:
@@ -45,10 +59,9 @@ def interrupt_when(cmd: list[str], cwd: Path, ready: Callable[[int], bool]) -> t
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while proc.poll() is None and not ready(proc.pid) and time.time() < deadline:
+        while proc.poll() is None and time.time() < deadline and not still_ready(proc.pid, ready):
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        time.sleep(0.3)  # well inside the loop
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -62,7 +75,7 @@ def interrupt_when(cmd: list[str], cwd: Path, ready: Callable[[int], bool]) -> t
 def test_ctrl_c_in_validate_is_one_line(tmp_path: Path) -> None:
     ckpt = write_checkpoint(tmp_path / "enet.pt", DATA)
     cmd = [sys.executable, str(REPO / "validate.py"), "--checkpoint", str(ckpt), "--set", "train.device=cpu"]
-    rc, err = interrupt_when(cmd, tmp_path, lambda pid: bool(children(pid)))  # workers up: evaluation has begun
+    rc, err = interrupt_when(cmd, tmp_path, has_forked_workers)  # workers up: evaluation has begun
     assert rc == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
