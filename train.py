@@ -43,8 +43,10 @@ from semseg.loaders import SegmentationDataset
 from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
 from semseg.optim import build_optimizer, lr_factor
+from semseg.sinks import LiveLog, build_live_log, new_env_name
+from semseg.sinks.tensorboard import check_available as check_tensorboard
 from semseg.stop import StopRequest
-from semseg.visualize import VisdomLogger, colorize, denormalize
+from semseg.visualize import colorize, denormalize
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yml")
 logger = logging.getLogger("train")
@@ -96,13 +98,25 @@ def loss_weights(cfg: Config, probe: SegmentationDataset, run_dir: Path) -> Opti
     return weights
 
 
-def show_images(viz: VisdomLogger, kept: list, probe: SegmentationDataset, cfg: Config, epoch: int) -> None:
+def show_images(live: LiveLog, kept: list, probe: SegmentationDataset, cfg: Config, state: TrainState) -> None:
     rows = []
     for image, truth, pred in kept:
         rows += [denormalize(image.numpy(), cfg.augment.mean, cfg.augment.std),
                  colorize(truth.numpy(), probe.PALETTE), colorize(pred.numpy(), probe.PALETTE)]  # fmt: skip
     if rows:
-        viz.images("val_images", np.stack(rows).transpose(0, 3, 1, 2), f"epoch {epoch}: image / truth / prediction")
+        caption = f"epoch {state.epoch}: image / truth / prediction"
+        live.images("val_images", np.stack(rows).transpose(0, 3, 1, 2), caption, state.iteration)
+
+
+def with_visdom_env(cfg: Config, run_dir: Path, ckpt: Optional[dict]) -> Config:
+    """``log.visdom_env`` fixed for the run: the user's, the resumed run's own, or a new unique name."""
+    if cfg.log.visdom_env:
+        return cfg
+    if ckpt is None:
+        env = new_env_name(run_dir)
+    else:  # a run from before environments were named per run keeps its folder's name
+        env = ckpt.get("config", {}).get("log", {}).get("visdom_env") or run_dir.name
+    return dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, visdom_env=env))
 
 
 def build_stepper(cfg: Config, probe: SegmentationDataset, device: torch.device, ctx: DistContext, resuming: bool = False) -> Stepper:
@@ -161,7 +175,7 @@ def save(checkpoint: dict, run_dir: Path, ctx: DistContext, *names: str) -> None
 
 
 def validate_epoch(cfg: Config, state: TrainState, stepper: Stepper, val_loader: DataLoader, probe: SegmentationDataset,
-                   viz: Optional[VisdomLogger], log: Callable[[dict], None]) -> dict:  # fmt: skip
+                   live: LiveLog, log: Callable[[dict], None]) -> dict:  # fmt: skip
     """Score the val split (with the EMA weights when on), log and plot it; the confusion is summed over ranks."""
     model = stepper.ema.module if stepper.ema is not None else stepper.model
     confusion, kept = evaluate(model, val_loader, probe.num_classes, probe.IGNORE_INDEX, stepper.device,
@@ -171,10 +185,7 @@ def validate_epoch(cfg: Config, state: TrainState, stepper: Stepper, val_loader:
     log({"type": "val", "epoch": state.epoch, "iteration": state.iteration, **{k: v for k, v in metrics.items() if k != "iou"}, "iou": iou})
     logger.info("epoch %d: val mIoU %.2f%%, pixel acc %.2f%%%s", state.epoch, 100 * metrics["miou"],
                 100 * metrics["pixel_acc"], " (EMA weights)" if stepper.ema is not None else "")  # fmt: skip
-    if viz is not None:
-        viz.line("val_miou", state.epoch, {"mIoU": metrics["miou"]}, "validation mIoU")
-        viz.line("val_class_iou", state.epoch, {k: (0.0 if v != v else v) for k, v in iou.items()}, "validation IoU per class")
-        show_images(viz, kept, probe, cfg, state.epoch)
+    show_images(live, kept, probe, cfg, state)
     return metrics
 
 
@@ -230,8 +241,11 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
     state = restore_training(stepper, ckpt, cfg.train.resume, ctx) if ckpt is not None else TrainState()
     run_dir = Path(cfg.train.resume).resolve().parent if ckpt is not None else None
     check_loss(cfg.loss)  # a bad loss name or parameter fails before a run folder exists
+    if cfg.log.tensorboard:
+        check_tensorboard()
     if ctx.is_main:
         run_dir = run_dir or new_run_dir(cfg, config_path)
+        cfg = with_visdom_env(cfg, run_dir, ckpt)
         remove_stale_temp_files(run_dir)  # what a kill -9 mid-save left behind
         if ckpt is not None:
             trim_metrics_log(run_dir / "metrics.jsonl", state.iteration)
@@ -244,13 +258,15 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
         raise ConfigError(f"train.accumulate: {cfg.train.accumulate} micro-batches per step, but an epoch has {len(train_loader)}")
     total_iters = cfg.train.epochs * steps_per_epoch
     lr_at = lambda it: cfg.optim.lr * lr_factor(it, total_iters, steps_per_epoch, cfg.schedule)  # noqa: E731
-    viz = VisdomLogger(cfg.log.visdom_server, cfg.log.visdom_port, cfg.log.visdom_env or run_dir.name, cfg.log.visdom) if ctx.is_main else None
-    logger.info("run folder %s | %s (%.2fM params) on %s%s | %s: %d train / %d val images, %d steps per epoch",
-                run_dir, cfg.model.name, sum(p.numel() for p in stepper.raw.parameters()) / 1e6, device,
-                f" × {ctx.world_size} processes" if ctx.enabled else "", cfg.data.name, len(train_loader.dataset),
-                len(val_loader.dataset), steps_per_epoch)  # fmt: skip
+    live = build_live_log(cfg.log, run_dir, cfg.optim.lr, state.iteration if ckpt is not None else None) if ctx.is_main else LiveLog([])
+    summary = (f"run folder {run_dir} | {cfg.model.name} ({sum(p.numel() for p in stepper.raw.parameters()) / 1e6:.2f}M params) "
+               f"on {device}{f' × {ctx.world_size} processes' if ctx.enabled else ''} | {cfg.data.name}: {len(train_loader.dataset)} "
+               f"train / {len(val_loader.dataset)} val images, {steps_per_epoch} steps per epoch")  # fmt: skip
+    logger.info("%s%s", summary, f" | visdom env {cfg.log.visdom_env}" if cfg.log.visdom else "")
+    live.text("run", summary)
 
     with contextlib.ExitStack() as stack:
+        stack.callback(live.close)  # also on Ctrl-C and errors: what is queued still gets sent, within a timeout
         stop = stack.enter_context(StopRequest())
         metrics_path = run_dir / "metrics.jsonl" if ctx.is_main else None
         metrics_log = None
@@ -265,9 +281,7 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
             with writing(metrics_path):
                 metrics_log.write(json.dumps(record) + "\n")
                 metrics_log.flush()
-            if record["type"] == "train":
-                viz.line("train_loss", record["iteration"], {"loss": record["loss"]}, "training loss")
-                viz.line("lr", record["iteration"], {"lr": record["lr"]}, "learning rate")
+            live.record(record)
 
         metrics: Optional[dict] = ckpt.get("metrics") if ckpt is not None else None
         while state.epoch < cfg.train.epochs:
@@ -286,7 +300,7 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
             logger.info("epoch %d/%d: loss %.4f (%.1fs)", state.epoch, cfg.train.epochs, mean_loss, time.time() - start)
             is_best = False
             if state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.epochs:
-                metrics = validate_epoch(cfg, state, stepper, val_loader, probe, viz, log)
+                metrics = validate_epoch(cfg, state, stepper, val_loader, probe, live, log)
                 is_best = metrics["miou"] > state.best_miou
                 state.best_miou = max(state.best_miou, metrics["miou"])
             # last.pt is written last: a run killed between two saves resumes before this epoch and redoes it all
@@ -296,7 +310,6 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
                 prune_epoch_checkpoints(run_dir, cfg.train.keep_last)
     if not ctx.is_main:
         return 0
-    viz.close()
     if metrics is not None:
         print(format_table(metrics, probe.CLASSES, title=f"{cfg.model.name} on {cfg.data.name} {cfg.data.val_split}, epoch {state.epoch}"))
     print(f"run folder: {run_dir} (best val mIoU {100 * state.best_miou:.2f}%)")

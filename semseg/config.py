@@ -134,7 +134,8 @@ class LogConfig:
     visdom: bool = True  # on when a server answers; training never waits for it
     visdom_server: str = "http://localhost"
     visdom_port: int = 8097
-    visdom_env: Optional[str] = None  # default: the run name
+    visdom_env: Optional[str] = None  # default: <run folder>_<start time>, unique per run, kept by a resume
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (pip install tensorboard)
     num_val_images: int = 4
 
 
