@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Callable
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from semseg.errors import SemsegError
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
@@ -22,7 +24,8 @@ def run_script(body: Callable[[argparse.Namespace], int], args: argparse.Namespa
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return body(args)
+        with logging_redirect_tqdm():  # a warning mid-epoch gets a line of its own, not the tail of the progress bar
+            return body(args)
     except SemsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -90,3 +90,48 @@ def test_ctrl_c_in_test_is_one_line(tmp_path: Path) -> None:
     assert rc == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+
+
+BAR_AND_WARNING = """
+import argparse, logging, time
+from tqdm import tqdm
+from semseg.cli import run_script
+
+def body(args):
+    for i in tqdm(range(6), desc="epoch 1", mininterval=0):
+        time.sleep(0.05)
+        if i == 3:
+            logging.getLogger("semseg.sinks.visdom").warning("visdom server stopped answering")
+    return 0
+
+raise SystemExit(run_script(body, argparse.Namespace()))
+"""
+
+
+def test_a_warning_during_a_progress_bar_gets_its_own_line() -> None:
+    """On a terminal, a log line written mid-bar starts a clean line (tqdm.write), not the bar's tail."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    out = bytearray()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout and stderr are a 120-column terminal (a 0-column one gets no bar)
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.chdir(REPO)
+        os.execv(sys.executable, [sys.executable, "-c", BAR_AND_WARNING])
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    line = next(seg for seg in text.replace("\r\n", "\n").split("\n") if "visdom server stopped answering" in seg)
+    # the bar was cleared before the message: after the last carriage return only the log line is left
+    assert line.split("\r")[-1].lstrip().split(" ")[1] == "WARNING", repr(line)
+    assert "epoch 1" not in line.split("\r")[-1], repr(line)
