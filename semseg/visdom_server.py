@@ -160,11 +160,20 @@ def _place(target: Path, data: bytes, digest: str, source: str) -> None:
 
 
 def _mark_built(root: Path) -> None:
-    """Write visdom's ``static/version.built``, so a plain ``python -m visdom.server`` skips its download too."""
+    """Write visdom's ``static/version.built``, so a plain ``python -m visdom.server`` skips its download too.
+
+    Also an empty ``user/style.css``: the page links it through ``static_url``, which hashes the file
+    and logs an error on every page load when it is absent (the CSS itself is served from the user's
+    settings folder by another handler).
+    """
     version = (root / "VERSION").read_text().strip() if (root / "VERSION").is_file() else ""
     built = root / "static" / "version.built"
     if version and (not built.is_file() or built.read_text().strip() != version):
         built.write_text(version)
+    user_css = root / "user" / "style.css"
+    if not user_css.exists():
+        user_css.parent.mkdir(exist_ok=True)
+        user_css.touch()
 
 
 def check_tornado() -> None:
@@ -201,6 +210,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not offline:
         run_server.download_scripts()
+    from visdom.server import app
+
+    # visdom runs tornado in debug mode, whose autoreload restarts the server, and so empties every
+    # environment, whenever any imported module's file changes: a `git pull` here would erase the curves
+    app.tornado_settings["autoreload"] = False
     sys.argv = [sys.argv[0], *args]  # visdom's own argument parser: -port, -env_path, -hostname, …
     run_server.main()
     return 0

@@ -224,6 +224,52 @@ def test_server_absent_then_dying_then_back_gives_one_line_each_and_full_curves(
     assert len(messages) == 4, messages  # nothing per plot
 
 
+def test_a_server_restarted_between_two_plots_gets_the_whole_run_back(assets: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No request fails when a server restarts between two plots, but its environments are gone."""
+    from semseg.sinks.visdom import VisdomSink
+
+    port, metrics = free_port(), tmp_path / "metrics.jsonl"
+    server = VisdomServer(tmp_path / "a", port)
+    sink = VisdomSink("http://127.0.0.1", port, "e", metrics, retry_seconds=0.2)
+    try:
+        for it in range(1, 4):
+            record = {"type": "train", "epoch": 1, "iteration": it, "loss": 1.0 / it, "lr": 0.01}
+            write_records(metrics, [record])
+            for point in points(record):
+                sink.scalars(point)
+        wait_for(lambda: "train_loss" in server.windows("e") and len(series(server.windows("e")["train_loss"])["loss"]["y"]) == 3)
+        server.stop()
+        server = VisdomServer(tmp_path / "b", port)
+        record = {"type": "train", "epoch": 1, "iteration": 4, "loss": 0.25, "lr": 0.01}
+        write_records(metrics, [record])
+        with caplog.at_level(logging.INFO):
+            for point in points(record):
+                sink.scalars(point)
+            sink.close()
+        assert series(server.windows("e")["train_loss"])["loss"]["y"] == pytest.approx([1.0, 0.5, 1 / 3, 0.25])
+        assert any("lost the run's windows (restarted?)" in r.getMessage() for r in caplog.records)
+    finally:
+        server.stop()
+
+
+def test_the_server_does_not_restart_when_a_source_file_changes(assets: None, tmp_path: Path) -> None:
+    """visdom runs tornado in debug mode: its autoreload would restart (and empty) the server on any edit."""
+    import visdom
+
+    server = VisdomServer(tmp_path / "v")
+    try:
+        client = visdom.Visdom(server="http://127.0.0.1", port=server.port, env="keep", use_incoming_socket=False)
+        client.text("still here", win="note")
+        watched = REPO / "semseg" / "cli.py"  # imported by the server process
+        time.sleep(1.5)  # autoreload notes each file's time at its first poll, 0.5 s after the start
+        os.utime(watched)  # as a `git pull` or an editor would
+        time.sleep(2.0)  # tornado's autoreload polls every 0.5 s
+        assert server.proc.poll() is None and "note" in server.windows("keep")
+        assert "restarting server" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
 def test_replay_draws_a_finished_run_into_visdom_and_tensorboard(server: VisdomServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from semseg import replay
 

@@ -29,6 +29,7 @@ from semseg.sinks import Panel, Point, history
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # how often an absent server is probed (a TCP connect, 0.5 s at most)
+GRID_PANE_WIDTH = 760  # px: three 480-px CamVid frames side by side would fill a laptop screen
 
 
 def server_reachable(server: str, port: int, timeout: float = 0.5) -> bool:
@@ -76,6 +77,13 @@ def line_opts(panel: Panel, legend: list[str]) -> dict[str, Any]:
     if panel.yrange is not None:
         opts["ytickmin"], opts["ytickmax"] = panel.yrange
     return opts
+
+
+def grid_pane_size(shape: tuple[int, ...], ncol: int = 3, max_width: int = GRID_PANE_WIDTH) -> dict[str, int]:
+    """A pane that shows the whole grid at most ``max_width`` wide: the browser scales it, the data stays full size."""
+    n, _, h, w = shape
+    scale = min(1.0, max_width / (ncol * w))
+    return {"width": round(ncol * w * scale) + 20, "height": round(-(-n // ncol) * h * scale) + 70}
 
 
 class VisdomSink:
@@ -129,7 +137,7 @@ class VisdomSink:
         self._submit(lambda viz: self._append(viz, point), None)
 
     def images(self, key: str, images: np.ndarray, caption: str, iteration: int) -> None:
-        opts = {"title": caption, "caption": caption}
+        opts = {"title": caption, "caption": caption, **grid_pane_size(images.shape)}
         self._submit(lambda viz: viz.images(images, win=key, nrow=3, opts=opts), key)
 
     def text(self, key: str, text: str) -> None:
@@ -141,6 +149,13 @@ class VisdomSink:
         key = point.panel.key
         if point.iteration <= self._drawn.get(key, -1):
             return  # a replay drew it already
+        if key in self._drawn and viz.win_exists(key, env=self.env) is False:
+            # the server restarted between two plots (its environments live in memory): nothing failed, but the
+            # window is gone; redraw the whole run, which includes this point
+            replayed = self._replay(viz)
+            logger.info("visdom server at %s:%d lost the run's windows (restarted?); %d points redrawn from metrics.jsonl",
+                        self.server, self.port, replayed)  # fmt: skip
+            return
         names = list(point.values)
         y = np.array([[point.values[n] for n in names]], dtype=float)
         x = np.full_like(y, point.x)
