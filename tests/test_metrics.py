@@ -54,6 +54,53 @@ def test_accumulates_over_batches_like_one_big_batch() -> None:
     assert whole.mat.sum() == (target != IGN).sum()
 
 
+def _old_update(mat: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, n: int) -> None:
+    """The pre-issue-14 computation: boolean-mask the N×H×W tensors, then bincount."""
+    keep = target != IGN
+    t, p = target[keep].to(torch.int64), pred[keep].to(torch.int64)
+    mat += torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
+def test_update_equals_the_masked_computation_on_random_batches(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    n = 11
+    cm, ref = ConfusionMatrix(n, IGN), torch.zeros(n, n, dtype=torch.int64)
+    for shape in [(4, 37, 53), (2, 1, 9), (61, 7)]:
+        pred = torch.randint(0, n, shape, generator=g)
+        target = torch.randint(0, n, shape, generator=g).to(dtype)
+        target[torch.rand(shape, generator=g) < 0.2] = IGN
+        cm.update(pred, target)
+        _old_update(ref, pred, target, n)
+    assert torch.equal(cm.mat, ref) and cm.mat.sum() > 0
+
+
+def test_update_does_not_mask_select_the_batch() -> None:
+    """Boolean-mask indexing of a 3-D batch (twice per batch) was the slow step; flat or none at all."""
+    from torch.overrides import TorchFunctionMode
+
+    seen: list[int] = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool:
+                seen.append(args[0].dim())
+            return func(*args, **(kwargs or {}))
+
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, 0] = IGN
+    cm = ConfusionMatrix(3, IGN)
+    with Watch():
+        cm.update(torch.randint(0, 3, (2, 8, 8)), target)
+    assert not [d for d in seen if d > 1], f"masked a {seen}-D tensor"
+    assert cm.mat.sum() == 2 * 64 - 8
+
+
+def test_out_of_range_class_id_is_an_error() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        ConfusionMatrix(3, IGN).update(torch.tensor([0, 1]), torch.tensor([0, 7]))
+
+
 def test_table_lists_every_class() -> None:
     cm = ConfusionMatrix(2, IGN)
     cm.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
