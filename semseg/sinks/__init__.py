@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -121,9 +121,6 @@ class LiveLog:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
-
-    def __iter__(self) -> Iterator[Sink]:
-        return iter(self.sinks)
 
 
 def new_env_name(run_dir: Path) -> str:
