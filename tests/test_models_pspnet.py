@@ -102,13 +102,18 @@ def test_pyramid_pooling_bins_and_channels(psp50: pspnet.PSPNet) -> None:
     assert psp50.ppm.out_channels == 4096 and psp50.head[0][0].in_channels == 4096
 
 
-def test_aux_head_present_in_both_modes_or_absent(psp50: pspnet.PSPNet) -> None:
+def test_aux_head_in_training_only_or_absent(psp50: pspnet.PSPNet) -> None:
+    """``aux`` is a training device (§3.4): returned in train mode, not even computed in eval mode."""
     x = torch.randn(2, 3, 33, 40)
+    calls: list[int] = []
+    hook = psp50.aux.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
-        for mode in (True, False):
-            out = psp50.train(mode)(x)
-            assert set(out) == {"out", "aux"} and out["aux"].shape == (2, 3, 33, 40)
-    psp50.eval()
+        out = psp50.train()(x)
+        assert set(out) == {"out", "aux"} and out["aux"].shape == (2, 3, 33, 40)
+        assert calls == [1]
+        assert set(psp50.eval()(x)) == {"out"}
+    hook.remove()
+    assert calls == [1], "eval mode ran the aux head although inference throws it away"
     no_aux = pspnet.PSPNet(50, 3, aux=False).eval()
     with torch.no_grad():
         assert set(no_aux(x)) == {"out"}

@@ -10,7 +10,8 @@ pooled map to 2048/4 = 512 channels with a 1×1 conv + BN + ReLU, upsamples all
 four back and concatenates them with the features. A 3×3 conv (512) + BN +
 ReLU, dropout 0.1 and a 1×1 classifier give the scores at stride 8. During
 training a second, deeply supervised head on layer3 (§3.4) adds a loss weighted
-0.4 (the config's ``loss.aux_weight``); we always return it as ``"aux"``.
+0.4 (the config's ``loss.aux_weight``); it is returned as ``"aux"`` in training mode only:
+inference throws it away, so eval mode skips computing and upsampling it (2–4 % of the forward).
 
 Layer sizes follow the authors' PyTorch code (hszhao/semseg ``model/pspnet.py``)
 and mmsegmentation's ``pspnet_r50-d8`` config: both dilate *every* block of
@@ -135,7 +136,7 @@ class PSPNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
         out = {"out": resize_to(self.head(self.ppm(feats["layer4"])), x.shape[-2:])}
-        if self.aux is not None:
+        if self.aux is not None and self.training:  # a training device only (§3.4); eval skips its cost
             out["aux"] = resize_to(self.aux(feats["layer3"]), x.shape[-2:])
         return out
 
