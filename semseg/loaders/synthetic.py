@@ -122,6 +122,6 @@ class SyntheticScenes(SegmentationDataset):
     def load_mask(self, index: int) -> np.ndarray:
         return self._render(index)[1]
 
-    def load_pair(self, index: int) -> tuple[Image.Image, Image.Image]:
+    def load_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
         image, ids = self._render(index)
-        return Image.fromarray(image, mode="RGB"), Image.fromarray(ids, mode="L")
+        return Image.fromarray(image, mode="RGB"), ids
