@@ -3,6 +3,7 @@
     python bench/models.py --models enet erfnet linknet --sizes 360x480 --threads 2 --batch 2 --repeat 5
     python bench/models.py --models linknet pspnet50 --peers --json bench.json
     python bench/models.py --device cuda --amp bf16 --channels-last --sizes 512x1024
+    python bench/models.py --models enet fcn8s --sizes 240x320 --fast-path   # fp32/NCHW vs bf16 + channels_last
 
 - GFLOPs: one forward pass at batch 1, counted on the meta device by
   ``semseg.models.__main__.measure`` (a multiply-add = 2 FLOPs).
@@ -19,6 +20,11 @@
   where that is unavailable, the growth of ``resource.getrusage().ru_maxrss``, which
   can only see a peak above every earlier one. The JSON names the method used.
 
+``--fast-path`` also times each model's training step (and forward) twice, interleaved in the
+same run with the same weights and input: fp32/NCHW (today's default without ``auto``) and the
+fast path, bf16 autocast + channels_last (fp16 on a CUDA GPU without bf16), and reports
+fast/fp32 speed-ups. These ratios are what ``semseg/precision.py`` ``CPU_FAST_PATH`` records.
+
 ``--peers`` times our models against their reference implementations in the same
 run, interleaved (ours, theirs, ours, …) so both see the same load, with the same
 input, batch, device and threads, and reports ours/theirs. The peers come from
@@ -29,6 +35,7 @@ H and W divisible by 32, so comparisons run at the size rounded up to that.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -237,6 +244,45 @@ def measure_group(entries: list[Entry], size: tuple[int, int], args: argparse.Na
     return list(rows.values())
 
 
+def fast_amp(device: torch.device) -> str:
+    """The fast path's autocast dtype: bf16, except on a CUDA GPU without it (fp16)."""
+    return "fp16" if device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
+
+
+def measure_fast_path(name: str, size: tuple[int, int], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """fp32/NCHW against bf16 autocast + channels_last for ``name``: same weights, same input, interleaved."""
+    h, w = size
+    amp = fast_amp(device)
+    plain = MODELS.build(name, num_classes=args.num_classes).to(device)
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    xb = torch.randn(args.batch, 3, h, w, device=device)
+    y = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
+    x1 = xb[:1].contiguous()
+    models = {"fp32": plain, "fast": fast}
+    forwards = {"fp32": make_forward(plain, x1, None), "fast": make_forward(fast, x1.contiguous(memory_format=torch.channels_last), amp)}
+    steps = {"fp32": make_train_step(plain, xb, y, None),
+             "fast": make_train_step(fast, xb.contiguous(memory_format=torch.channels_last), y, amp)}  # fmt: skip
+    row: dict[str, Any] = {"model": name, "size": [h, w], "batch": args.batch, "fast": f"{amp} autocast + channels_last"}
+    for kind, fns, train in (("fwd", forwards, False), ("train", steps, True)):
+        set_mode(models, train)
+        times = interleaved_ms(fns, device, args.warmup, args.repeat)
+        for key, values in times.items():
+            row[f"{key}_{kind}_ms"] = statistics.median(values)
+            row[f"{key}_{kind}_ms_all"] = [round(t, 2) for t in values]
+        row[f"{kind}_speedup"] = row[f"fp32_{kind}_ms"] / row[f"fast_{kind}_ms"]
+    return row
+
+
+def safe_fast_path(name: str, size: tuple[int, int], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    print(f"measuring {name} fp32 vs fast path at {size[0]}x{size[1]} …", file=sys.stderr, flush=True)
+    try:
+        return measure_fast_path(name, size, args, device)
+    except (RuntimeError, ValueError) as exc:
+        return {"model": name, "size": list(size), "batch": args.batch, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    finally:
+        gc.collect()
+
+
 def safe_group(entries: list[Entry], size: tuple[int, int], args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """A model that fails (out of memory, batch 1 with BN on a 1×1 map, …) becomes a row with its error."""
     print(f"measuring {' vs '.join(e.label for e in entries)} at {size[0]}x{size[1]} …", file=sys.stderr, flush=True)
@@ -295,6 +341,19 @@ def _num(row: dict, key: str, fmt: str) -> str:
     return format(row[key], fmt) if key in row else "-"
 
 
+def fast_markdown(rows: list[dict[str, Any]], batch: int) -> str:
+    """Per model: train step (and forward) fp32/NCHW vs the fast path, and the speed-up."""
+    lines = [f"| model | H×W | train step fp32 ms (b={batch}) | train step fast ms | train speed-up | forward fp32 ms (b=1) | forward fast ms | forward speed-up |",
+             "|---|---|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['size'][0]}×{r['size'][1]} | failed: {r['error']} |||||| ")
+            continue
+        lines.append(f"| {r['model']} | {r['size'][0]}×{r['size'][1]} | {r['fp32_train_ms']:.1f} | {r['fast_train_ms']:.1f} | "
+                     f"{r['train_speedup']:.2f}× | {r['fp32_fwd_ms']:.1f} | {r['fast_fwd_ms']:.1f} | {r['fwd_speedup']:.2f}× |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]], comparisons: list[dict[str, Any]], batch: int) -> str:
     throughput = any("images_per_s" in r for r in rows)
     lines = [f"| model | impl | H×W | params (M) | GFLOPs | forward ms (b=1) | train step ms (b={batch}) | forward peak MiB | train peak MiB |"
@@ -336,7 +395,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (CUDA only)")
+    parser.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (CPU: bf16 only)")
+    parser.add_argument("--fast-path", action="store_true",
+                        help="also time each model fp32/NCHW vs bf16 autocast + channels_last, interleaved, and the speed-up")
+    parser.add_argument("--fast-path-only", action="store_true", help="only the --fast-path comparison (skip the full rows)")
     parser.add_argument("--peers", action="store_true", help="also time against the reference implementations (smp)")
     parser.add_argument("--json", type=Path, help="write every number and the device description here")
     args = parser.parse_args(argv)
@@ -352,20 +414,21 @@ def resolve(args: argparse.Namespace) -> torch.device:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available here")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
-    if args.amp and device.type != "cuda":
-        raise SystemExit("error: --amp is for CUDA; on CPU leave it out")
+    if args.amp == "fp16" and device.type != "cuda":
+        raise SystemExit("error: --amp fp16 is for CUDA; on CPU use --amp bf16")
     if args.threads:
         torch.set_num_threads(args.threads)
     return device
 
 
-def save(args: argparse.Namespace, argv: Optional[list[str]], info: dict, rows: list[dict], comparisons: list[dict]) -> None:
+def save(args: argparse.Namespace, argv: Optional[list[str]], info: dict, rows: list[dict], comparisons: list[dict],
+         fast: Optional[list[dict]] = None) -> None:
     """Write ``--json`` (if asked) through a temporary file, so a reader never sees half a file."""
     if not args.json:
         return
     settings = {k: (list(map(list, v)) if k == "sizes" else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     record = {"device": info, "settings": settings, "command": " ".join(["python", "bench/models.py", *(argv or sys.argv[1:])]),
-              "results": rows, "comparisons": comparisons, "not_compared": NO_PEER}  # fmt: skip
+              "results": rows, "comparisons": comparisons, "not_compared": NO_PEER, "fast_path": fast or []}  # fmt: skip
     tmp = args.json.with_name(args.json.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(args.json)
@@ -377,19 +440,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = args.models or MODELS.names()
     rows: list[dict[str, Any]] = []
     comparisons: list[dict[str, Any]] = []
+    fast: list[dict[str, Any]] = []
     info = describe_device(device)
+    args.fast_path = args.fast_path or args.fast_path_only
     for size in args.sizes:
         for name in names:
-            rows += safe_group([ours(name, args.num_classes)], size, args, device)
-            save(args, argv, info, rows, comparisons)  # a long CPU run killed late keeps what it measured
+            if not args.fast_path_only:
+                rows += safe_group([ours(name, args.num_classes)], size, args, device)
+            if args.fast_path:
+                fast.append(safe_fast_path(name, size, args, device))
+            save(args, argv, info, rows, comparisons, fast)  # a long CPU run killed late keeps what it measured
         for name in [n for n in names if n in PEERS] if args.peers else []:
             pair_rows, pair_comparisons = compare(name, size, args, device)
             rows += pair_rows
             comparisons += pair_comparisons
-            save(args, argv, info, rows, comparisons)
+            save(args, argv, info, rows, comparisons, fast)
     print(f"device: {info['device']} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, {info['threads']} threads, "
           f"median of {args.repeat} after {args.warmup} warm-up, amp {args.amp or 'off'}, channels_last {args.channels_last}\n")  # fmt: skip
-    print(markdown(rows, comparisons, args.batch))
+    if rows:
+        print(markdown(rows, comparisons, args.batch))
+    if fast:
+        print(("\n" if rows else "") + fast_markdown(fast, args.batch))
     if args.peers:
         print("\n" + "\n".join(f"- {k}: {v}" for k, v in NO_PEER.items()))
     return 0

@@ -51,3 +51,26 @@ def test_throughput_batch_reports_images_per_second_of_that_batch(tmp_path: Path
     assert row["throughput_batch"] == 3 and len(row["batch_fwd_ms_all"]) == 1
     assert row["images_per_s"] == pytest.approx(3e3 / row["batch_fwd_ms"])
     assert "images/s |" in capsys.readouterr().out.splitlines()[2]
+
+
+def test_fast_path_times_fp32_and_bf16_channels_last_interleaved(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    record = run(tmp_path, "--models", "enet", "--fast-path", "--repeat", "2")
+    (row,) = record["fast_path"]
+    assert row["model"] == "enet" and row["fast"] == "bf16 autocast + channels_last"
+    for kind in ("train", "fwd"):
+        assert len(row[f"fp32_{kind}_ms_all"]) == len(row[f"fast_{kind}_ms_all"]) == 2
+        assert row[f"{kind}_speedup"] == pytest.approx(row[f"fp32_{kind}_ms"] / row[f"fast_{kind}_ms"])
+    assert len(record["results"]) == 1  # the full row too
+    assert "train speed-up" in capsys.readouterr().out
+
+
+def test_fast_path_only_skips_the_full_rows(tmp_path: Path) -> None:
+    record = run(tmp_path, "--models", "enet", "--fast-path-only")
+    assert record["results"] == [] and len(record["fast_path"]) == 1
+
+
+def test_bf16_autocast_is_allowed_on_cpu_and_fp16_is_not(tmp_path: Path) -> None:
+    (row,) = run(tmp_path, "--models", "enet", "--amp", "bf16", "--channels-last")["results"]
+    assert row["train_ms"] > 0 and "error" not in row
+    with pytest.raises(SystemExit, match="fp16"):
+        bench.main(["--models", "enet", "--device", "cpu", "--amp", "fp16"])
