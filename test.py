@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import math
 import os
 import sys
@@ -28,17 +29,22 @@ from types import ModuleType
 from typing import Iterator, Optional
 
 import numpy as np
+import torch
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
 from semseg.build import resolve_device, restore, writable_dir
 from semseg.cli import run_script
 from semseg.config import Config
+from semseg.engine import autocast
 from semseg.errors import DataError
 from semseg.inference import add_infer_args, check_infer, describe, infer_overrides, predict_image
 from semseg.loaders import build_dataset
 from semseg.loaders._base import to_rgb
+from semseg.precision import resolve_precision
 from semseg.visualize import colorize, overlay
+
+logger = logging.getLogger("test")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}  # folders are scanned for images only
@@ -215,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
     model, cfg, ckpt = restore(args.checkpoint, args.set + infer_overrides(args))
     check_infer(cfg.infer)
     device = resolve_device(cfg.train.device)
-    model.to(device)
+    precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)
+    logger.info("%s", precision.describe())  # the same resolution as train.py's and validate.py's
+    model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
     palette = [tuple(c) for c in ckpt["palette"]]
     out = Path(args.out)
     kinds = ["color", "overlay", "ids"] + (["confidence"] if args.confidence else [])
@@ -223,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_out(out, kinds)
     count = 0
     for name, image in tqdm(stream, total=total, desc="predict", dynamic_ncols=True, disable=None):
-        ids, confidence = predict_image(model, image, cfg.augment, device, cfg.infer)
+        with autocast(device, precision.amp):
+            ids, confidence = predict_image(model, image, cfg.augment, device, cfg.infer)
         ids_np = ids.numpy().astype(np.uint8)
         colors = colorize(ids_np, palette)
         save_png(Image.fromarray(ids_np, mode="L"), out / "ids" / f"{name}.png")

@@ -43,6 +43,7 @@ from semseg.loaders import SegmentationDataset
 from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
 from semseg.optim import build_optimizer, lr_factor
+from semseg.precision import resolve_precision, with_precision
 from semseg.sinks import LiveLog, build_live_log, new_env_name
 from semseg.sinks.tensorboard import check_available as check_tensorboard
 from semseg.stop import StopRequest
@@ -236,6 +237,9 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone reports
     seed_everything(cfg.train.seed + ctx.rank, cfg.train.deterministic)  # initial weights are rank 0's (DDP broadcasts)
     device = device_for(ctx, resolve_device(cfg.train.device))
+    precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)
+    cfg = with_precision(cfg, precision)  # once: the stepper, validation and the saved config see the same path
+    logger.info("%s", precision.describe())
     probe, train_loader, val_loader = make_loaders(cfg, device, ctx)
     stepper = build_stepper(cfg, probe, device, ctx, resuming=ckpt is not None)
     state = restore_training(stepper, ckpt, cfg.train.resume, ctx) if ckpt is not None else TrainState()

@@ -105,8 +105,11 @@ class TrainConfig:
     resume: Optional[str] = None
     init_from: Optional[str] = None  # a checkpoint whose weights (only) start this new run: fine-tuning stages
     deterministic: bool = False
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 adds a gradient scaler
-    channels_last: bool = False
+    # auto: the fastest measured path for this device and model family, resolved once at start-up
+    # (semseg/precision.py: bf16 on Ampere+ GPUs, fp16 + scaler below, bf16 on CPUs with native bf16
+    # for the families where it measured faster, else fp32). fp16 adds a gradient scaler.
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: Union[bool, Literal["auto"]] = "auto"
     compile: bool = False  # torch.compile the model (train and eval)
     accumulate: int = 1  # micro-batches per optimiser step
     clip_grad: Optional[float] = None  # max total gradient norm

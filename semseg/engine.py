@@ -31,9 +31,14 @@ EVAL_PROGRESS_SECONDS = 10.0  # off a terminal, evaluate() logs progress at 10 %
 
 
 def autocast(device: torch.device, amp: Optional[str]) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` = bf16/fp16; a no-op for ``off`` (or None)."""
+    """``torch.autocast`` for ``amp`` = bf16/fp16; a no-op for ``off`` (or None).
+
+    ``auto`` is not a dtype: scripts resolve it once at start-up (``semseg.precision``).
+    """
     if amp in (None, "off"):
         return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp={amp!r}: resolve 'auto' with semseg.precision.resolve_precision first (bf16, fp16 or off)")
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 T = TypeVar("T")
 
@@ -99,7 +104,9 @@ class Stepper:
             sync = self.model.no_sync()  # all-reduce gradients once per optimiser step, not per micro-batch
         with sync:
             with autocast(self.device, self.cfg.amp):
-                loss = self.criterion(self.model(images), masks)
+                outputs = self.model(images)
+            # The loss (and its softmax) in float32 outside autocast: CPU autocast runs softmax in bf16.
+            loss = self.criterion({k: v.float() for k, v in outputs.items()}, masks)
             value = loss.item()
             if any_process(not math.isfinite(value), self.ctx, self.device):
                 return math.nan

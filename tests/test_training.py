@@ -46,7 +46,7 @@ class CE(nn.Module):
 
 
 def stepper(model: nn.Module, lr: float = 0.1, **train_kw: object) -> Stepper:
-    cfg = TrainConfig(**train_kw)
+    cfg = TrainConfig(**{"amp": "off", "channels_last": False, **train_kw})  # the stepper takes a resolved path
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scaler = torch.amp.GradScaler("cpu") if cfg.amp == "fp16" else None
     return Stepper(model, model, CE(), optimizer, torch.device("cpu"), cfg, DistContext(), scaler, build_ema(model, cfg.ema))
