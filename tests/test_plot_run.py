@@ -171,3 +171,9 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, monk
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     assert "pip install matplotlib" in error(str(tmp_path))
+
+
+def test_samples_with_train_amp_auto_in_the_config(run: Path, tmp_path: Path) -> None:
+    """``--set train.amp=auto`` (the default a user may restate) is resolved as validate.py does, not passed on raw."""
+    assert plot_run.main([str(run), "--out", str(tmp_path), "--set", "train.amp=auto", "train.channels_last=auto"]) == 0
+    check_png(tmp_path / "samples.png")
