@@ -56,7 +56,11 @@ def interrupt_when(cmd: list[str], cwd: Path, ready: Callable[[int], bool]) -> t
     """Run ``cmd`` in its own process group; once ``ready(pid)``, send SIGINT to the whole group as a
     terminal's Ctrl-C does (DataLoader workers included); (exit code, stderr)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a terminal's shell starts commands with SIGINT at its default; one started in the background by a script
+    # (`cmd &`, as CI may run this suite) inherits SIGINT *ignored*, and then Python never raises KeyboardInterrupt
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=default_sigint)  # fmt: skip
     try:
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline and not still_ready(proc.pid, ready):

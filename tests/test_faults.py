@@ -414,7 +414,8 @@ def test_out_of_memory_names_the_batch_and_what_to_lower(tmp_path: Path, monkeyp
         return model
 
     monkeypatch.setattr(train, "build_model", build_model)
-    assert train.main(main_args(tmp_path, *SMALL, "train.epochs=3", "train.device=cpu")) == 2
+    # fp32 pinned: the hint to try bf16 is given only where it is not already on (train.amp=auto picks it on bf16 CPUs)
+    assert train.main(main_args(tmp_path, *SMALL, "train.epochs=3", "train.device=cpu", "train.amp=off")) == 2
     assert one_line_error(capsys) == (
         "error: out of memory at iteration 6 with batch 4 of 3×48×64 on cpu; lower data.batch_size or augment.crop "
         "(data.batch_size=2 train.accumulate=2 keeps the effective batch), or set train.amp=bf16"
