@@ -181,6 +181,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            return "on" if value else "off"  # YAML 1.1 reads a bare `off` / `on` as a boolean: `--set train.amp=off`
         if value not in args:
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}{did_you_mean(str(value), [str(a) for a in args])}")
         return value

@@ -89,3 +89,13 @@ def test_every_shipped_recipe_loads_and_names_registered_parts(path: Path) -> No
     assert cfg.data.name in DATASETS
     accepted = MODELS.accepted_params(cfg.model.name)
     assert set(cfg.model.params) <= set(accepted), f"{path.name}: params {set(cfg.model.params) - set(accepted)} unknown"
+
+
+def test_a_bare_off_is_the_string_off_where_a_choice_has_it(tmp_path: Path) -> None:
+    """YAML 1.1 reads `off` as false: `--set train.amp=off` and `amp: off` must still mean "off"."""
+    recipe = tmp_path / "r.yml"
+    recipe.write_text("model: {name: enet}\ndata: {name: synthetic}\ntrain: {amp: off}\n")
+    assert load_config(str(recipe)).train.amp == "off"
+    assert load_config(str(recipe), ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="data.on_error: expected one of raise, skip, got False"):
+        load_config(str(recipe), ["data.on_error=off"])  # no "off" among its choices: still an error
