@@ -35,7 +35,8 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # over fp32/NCHW, measured interleaved in one run (same weights, same input) of
 #   python bench/models.py --models enet erfnet linknet fcn8s fcdensenet56 drn_d_22 --sizes 240x320 --batch 2 \
 #       --threads 2 --repeat 3 --warmup 1 --fast-path-only
-# on this project's 2-core AMD EPYC (avx512_bf16, no AMX), torch 2.14, issue 14 (doc/benchmarks.md).
+# on this project's 2-core AMD EPYC (avx512_bf16, no AMX), torch 2.14, issue 14 (doc/benchmarks.md);
+# refinenet, duc and pspnet from the same command with --models refinenet_lw50 refinenet50 pspnet50 duc_hdc_resnet50.
 # A family takes the fast path when it measured at least FAST_ENOUGH; None = not measured yet,
 # so it stays fp32 until someone measures it (the bench run above, one model of the family).
 FAST_ENOUGH = 1.10
@@ -46,9 +47,9 @@ CPU_FAST_PATH: dict[str, Optional[float]] = {
     "fcn": 2.10,
     "fcdensenet": 1.59,
     "drn": 1.31,
-    "refinenet": None,
-    "duc": None,
-    "pspnet": None,
+    "refinenet": 2.05,  # refinenet50 2.05x, refinenet_lw50 2.22x (the smaller one recorded)
+    "duc": 2.06,
+    "pspnet": 1.77,
 }
 
 
