@@ -206,6 +206,7 @@ def test_server_absent_then_dying_then_back_gives_one_line_each_and_full_curves(
         for it in range(5, 8):
             log(it)
             time.sleep(0.1)
+        wait_for(lambda: not sink.connected)  # the sender has seen the outage (it may lag on a busy machine)
         server = VisdomServer(tmp_path / "b", port)  # a fresh server: its environments are empty
         try:
             log(8)
