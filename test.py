@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import math
 import os
 import sys
@@ -29,7 +28,6 @@ from types import ModuleType
 from typing import Iterator, Optional
 
 import numpy as np
-import torch
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
@@ -41,10 +39,8 @@ from semseg.errors import DataError
 from semseg.inference import add_infer_args, check_infer, describe, infer_overrides, predict_image
 from semseg.loaders import build_dataset
 from semseg.loaders._base import to_rgb
-from semseg.precision import resolve_precision
+from semseg.precision import ready_for_inference
 from semseg.visualize import colorize, overlay
-
-logger = logging.getLogger("test")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}  # folders are scanned for images only
@@ -221,9 +217,7 @@ def run(args: argparse.Namespace) -> int:
     model, cfg, ckpt = restore(args.checkpoint, args.set + infer_overrides(args))
     check_infer(cfg.infer)
     device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)
-    logger.info("%s", precision.describe())  # the same resolution as train.py's and validate.py's
-    model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
+    model, precision = ready_for_inference(model, cfg, device)
     palette = [tuple(c) for c in ckpt["palette"]]
     out = Path(args.out)
     kinds = ["color", "overlay", "ids"] + (["confidence"] if args.confidence else [])

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch.utils.data import DataLoader
 
 from semseg.augmentations import eval_transforms
@@ -31,9 +29,7 @@ from semseg.errors import DataError
 from semseg.inference import add_infer_args, check_infer, describe, infer_overrides
 from semseg.loaders import build_dataset
 from semseg.metrics import format_confusion, format_table
-from semseg.precision import resolve_precision
-
-logger = logging.getLogger("validate")
+from semseg.precision import ready_for_inference
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -51,8 +47,6 @@ def validate(args: argparse.Namespace) -> int:
     model, cfg, ckpt = restore(args.checkpoint, args.set + infer_overrides(args), args.config)
     check_infer(cfg.infer)
     device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)
-    logger.info("%s", precision.describe())  # the same resolution as train.py's, for the same model and device
     split = args.split or cfg.data.val_split
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".{split}.json")
     if out.is_dir():
@@ -63,7 +57,7 @@ def validate(args: argparse.Namespace) -> int:
         raise DataError(f"{cfg.data.root}: split '{split}' has no masks to score against")
     check_classes(ckpt, dataset.CLASSES, cfg.data.name, args.checkpoint)
     loader = DataLoader(dataset, cfg.data.val_batch_size, num_workers=cfg.data.num_workers)
-    model = model.to(device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
+    model, precision = ready_for_inference(model, cfg, device)
     confusion, _ = evaluate(model, loader, dataset.num_classes, dataset.IGNORE_INDEX, device, infer=cfg.infer, amp=precision.amp)
     metrics = confusion.compute()
     title = f"{cfg.model.name} on {cfg.data.name} '{split}' ({len(dataset)} images, inference: {describe(cfg.infer)})"

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from torch import nn
 
 from semseg.config import Config
 from semseg.registry import MODELS
+
+logger = logging.getLogger(__name__)
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -124,3 +128,12 @@ def with_precision(cfg: Config, precision: Precision) -> Config:
     """``cfg`` with ``train.amp`` / ``train.channels_last`` set to the resolved path (what the run then records)."""
     train = dataclasses.replace(cfg.train, amp=precision.amp, channels_last=precision.channels_last)
     return dataclasses.replace(cfg, train=train)
+
+
+def ready_for_inference(model: nn.Module, cfg: Config, device: torch.device) -> tuple[nn.Module, Precision]:
+    """validate.py's, test.py's and tools' one way to run a restored model: the path resolved as train.py
+    resolves it, logged in one line, and the model moved to ``device`` in that path's memory format."""
+    precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)
+    logger.info("%s", precision.describe())
+    memory_format = torch.channels_last if precision.channels_last else torch.preserve_format
+    return model.to(device, memory_format=memory_format), precision

@@ -48,7 +48,7 @@ from semseg.config import Config  # noqa: E402
 from semseg.engine import evaluate, spread  # noqa: E402
 from semseg.errors import DataError, SemsegError  # noqa: E402
 from semseg.loaders import build_dataset  # noqa: E402
-from semseg.precision import resolve_precision  # noqa: E402
+from semseg.precision import ready_for_inference  # noqa: E402
 from semseg.runlog import read_metrics  # noqa: E402
 from semseg.visualize import colorize, denormalize  # noqa: E402
 
@@ -302,8 +302,8 @@ def plot_from_checkpoint(args: argparse.Namespace, run: Path, out: Path) -> list
     subset = dataset if score else Subset(dataset, spread(len(dataset), images))
     loader = DataLoader(subset, cfg.data.val_batch_size, num_workers=cfg.data.num_workers)
     device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)  # as validate.py
-    confusion, kept = evaluate(model.to(device), loader, dataset.num_classes, dataset.IGNORE_INDEX, device, images,
+    model, precision = ready_for_inference(model, cfg, device)  # as validate.py
+    confusion, kept = evaluate(model, loader, dataset.num_classes, dataset.IGNORE_INDEX, device, images,
                                cfg.infer, precision.amp)  # fmt: skip
     if score:
         written.append(plot_confusion(confusion.mat.cpu().numpy(), ckpt["classes"], out, f"{title} (rows: truth)"))
