@@ -81,16 +81,6 @@ class RandomScale:
         return _resize(image, mask, [max(1, round(h * factor)), max(1, round(w * factor))])
 
 
-class Resize:
-    """Resize both to a fixed (H, W)."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        self.size = list(size)
-
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
-        return _resize(image, mask, self.size)
-
-
 class RandomCrop:
     """Crop (H, W) at a random position; pad first where the image is smaller.
 
