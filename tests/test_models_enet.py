@@ -43,7 +43,9 @@ def test_stages_match_table_1() -> None:
     kinds = []
     for block in model.stage23:
         main = _main_conv(block)
-        kinds.append(f"asym{main[0].kernel_size[0]}" if len(main) == 2 else f"d{main[0].dilation[0]}")
+        kinds.append(f"asym{main[0].kernel_size[1]}" if len(main) == 2 else f"d{main[0].dilation[0]}")
+        if len(main) == 2:  # width first, as the authors' encoder.lua (kW=5, kH=1, then kW=1, kH=5)
+            assert [(c.kernel_size, c.padding) for c in main] == [((1, 5), (0, 2)), ((5, 1), (2, 0))]
     assert kinds == ["d1", "d2", "asym5", "d4", "d1", "d8", "asym5", "d16"] * 2
     assert (model.up4.shortcut[0].in_channels, model.up4.shortcut[0].out_channels) == (128, 64)
     assert (model.up5.shortcut[0].in_channels, model.up5.shortcut[0].out_channels) == (64, 16)

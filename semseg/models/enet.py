@@ -55,8 +55,10 @@ class Bottleneck(nn.Module):
     """Encoder bottleneck (Fig. 2b): regular, dilated, asymmetric or downsampling.
 
     The main convolution is 3×3 (``dilation`` > 1 for dilated blocks) or, with
-    ``asymmetric=k``, a k×1 followed by a 1×k — a k×k receptive field for 2k
-    weights per channel pair. A downsampling block replaces the first 1×1
+    ``asymmetric=k``, a 1×k followed by a k×1 — a k×k receptive field for 2k
+    weights per channel pair; the order is the authors' (e-lab/ENet-training
+    ``encoder.lua``: ``SpatialConvolution(.., k, 1, ..)`` is kW=k, kH=1, then 1, k), so
+    their weights port one to one. A downsampling block replaces the first 1×1
     projection by a 2×2 stride-2 convolution and max-pools its shortcut,
     zero-padding the extra channels (paper: "information-preserving").
     """
@@ -78,8 +80,8 @@ class Bottleneck(nn.Module):
         if asymmetric:
             pad = (asymmetric - 1) // 2
             main = [
-                nn.Conv2d(internal, internal, (asymmetric, 1), padding=(pad, 0), bias=False),
-                nn.Conv2d(internal, internal, (1, asymmetric), padding=(0, pad), bias=False),
+                nn.Conv2d(internal, internal, (1, asymmetric), padding=(0, pad), bias=False),  # width first,
+                nn.Conv2d(internal, internal, (asymmetric, 1), padding=(pad, 0), bias=False),  # as the authors' code
             ]
         else:
             main = [nn.Conv2d(internal, internal, 3, padding=dilation, dilation=dilation, bias=False)]
