@@ -43,8 +43,12 @@ def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> to
     return weight
 
 
-def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Bilinear resize of logits/features to ``size`` (H, W); a no-op when already there."""
+def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of logits/features to ``size`` (H, W); a no-op when already there.
+
+    ``align_corners`` is a per-family setting (``model.params.align_corners``): official
+    weights only reproduce the official logits with the interpolation they were trained with.
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
