@@ -135,7 +135,7 @@ def test_pretrained_weights_load_and_fc_is_ignored(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(backbones, "_download", lambda weights: seen.append(weights.url) or state)
     with torch.device("meta"):
         MODELS.build("drn_d_38", num_classes=4, pretrained_backbone=True)
-    assert seen == ["https://tigress-web.princeton.edu/~fy/drn/models/drn_d_38-eebb45f0.pth"]
+    assert seen == ["http://dl.yf.io/drn/drn_d_38-eebb45f0.pth"]
 
 
 def test_wrong_weight_file_is_a_config_error(tmp_path) -> None:

@@ -39,7 +39,7 @@ from semseg.registry import MODELS
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)  # levels 1-8 (paper Fig. 1, drn.py)
 STRIDES = (1, 2, 2, 2, 1, 1, 1, 1)  # output stride 2·2·2 = 8
 DILATIONS = (1, 1, 1, 1, 2, 4, 2, 1)  # levels 5-6 replace strides; 7-8 degrid (paper §3-4)
-_URL = "https://tigress-web.princeton.edu/~fy/drn/models/"  # official ImageNet weights (fyu/drn)
+_URL = "http://dl.yf.io/drn/"  # official ImageNet weights: fyu/drn drn.py webroot (since 2019; was tigress-web)
 
 
 class BasicBlock(nn.Module):
