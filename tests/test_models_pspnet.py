@@ -102,6 +102,39 @@ def test_pyramid_pooling_bins_and_channels(psp50: pspnet.PSPNet) -> None:
     assert psp50.ppm.out_channels == 4096 and psp50.head[0][0].in_channels == 4096
 
 
+def _official_forward(model: pspnet.PSPNet, x: torch.Tensor, corners: bool) -> torch.Tensor:
+    """hszhao/semseg model/pspnet.py in eval mode: PPM and logits upsampled with F.interpolate(align_corners)."""
+    f = model.backbone(x)["layer4"]
+    pooled = [F.interpolate(stage(f), f.shape[-2:], mode="bilinear", align_corners=corners) for stage in model.ppm.stages]
+    h, w = (x.shape[-2] - 1) // 8 * 8 + 1, (x.shape[-1] - 1) // 8 * 8 + 1  # the official (8k+1) output size
+    return F.interpolate(model.head(torch.cat([f] + pooled, 1)), (h, w), mode="bilinear", align_corners=corners)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_align_corners_default_is_the_official_code(name: str) -> None:
+    with torch.device("meta"):
+        assert MODELS.build(name, num_classes=3).align_corners is True
+        assert MODELS.build(name, num_classes=3).ppm.align_corners is True
+        assert MODELS.build(name, num_classes=3, align_corners=False).ppm.align_corners is False
+
+
+def test_logits_are_the_official_ones_at_8k_plus_1(psp50: pspnet.PSPNet) -> None:
+    """Same weights, 41×57 (8k+1, the sizes the official code takes): our logits are its logits."""
+    x = torch.randn(1, 3, 41, 57)
+    with torch.no_grad():
+        ours = psp50.eval()(x)["out"]
+        official = _official_forward(psp50, x, corners=True)
+        half_pixel = _official_forward(psp50, x, corners=False)
+    torch.testing.assert_close(ours, official, rtol=0, atol=1e-6)
+    assert (ours - half_pixel).abs().max() > 1e-3  # the setting matters: this is what issue 15 caught
+    psp50.align_corners = psp50.ppm.align_corners = False
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(psp50(x)["out"], half_pixel, rtol=0, atol=1e-6)
+    finally:
+        psp50.align_corners = psp50.ppm.align_corners = True
+
+
 def test_aux_head_in_training_only_or_absent(psp50: pspnet.PSPNet) -> None:
     """``aux`` is a training device (§3.4): returned in train mode, not even computed in eval mode."""
     x = torch.randn(2, 3, 33, 40)

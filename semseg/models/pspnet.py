@@ -18,9 +18,10 @@ and mmsegmentation's ``pspnet_r50-d8`` config: both dilate *every* block of
 layer3 by 2 and of layer4 by 4 (torchvision's ``replace_stride_with_dilation``
 keeps the first block of each at the previous rate; we reset it). The official
 nets use the "deep stem" ResNet (ResNet-v1c: three 3×3 convs 64-64-128 instead
-of the 7×7), offered here as ``*_deepstem``. Upsampling is bilinear with
-``align_corners=False`` so any input size works (the official code needs sizes
-8k+1 and uses ``align_corners=True``).
+of the 7×7), offered here as ``*_deepstem``. Upsampling (PPM and logits) is
+bilinear with ``align_corners=True`` as in the official code, so its released
+weights give its logits (``align_corners`` changes it). Any input size works; the
+official code asserts sizes 8k+1 (where the logits upsample to exactly H × W, as here).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ class DeepStemResNet(ResNetFeatures):
 class PyramidPooling(nn.Module):
     """Pool to each bin size, reduce to ``in/len(bins)`` channels, upsample, concat with the input."""
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = BINS) -> None:
+    def __init__(self, in_channels: int, bins: Sequence[int] = BINS, align_corners: bool = True) -> None:
         super().__init__()
+        self.align_corners = align_corners
         reduced = in_channels // len(bins)
         self.stages = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNReLU(in_channels, reduced, 1)) for b in bins
@@ -89,7 +91,8 @@ class PyramidPooling(nn.Module):
         self.out_channels = in_channels + reduced * len(bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x] + [resize_to(stage(x), x.shape[-2:]) for stage in self.stages], dim=1)
+        size = x.shape[-2:]
+        return torch.cat([x] + [resize_to(stage(x), size, self.align_corners) for stage in self.stages], dim=1)
 
 
 def _head(in_channels: int, mid_channels: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -110,8 +113,10 @@ class PSPNet(nn.Module):
         aux: bool = True,
         dropout: float = 0.1,
         pretrained_backbone: Pretrained = False,
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.params.dropout: must be in [0, 1), got {dropout}")
         if deep_stem:
@@ -122,7 +127,7 @@ class PSPNet(nn.Module):
             layer = getattr(self.backbone, name)
             set_block_dilation(layer, [rate] * len(layer))
         channels = self.backbone.channels
-        self.ppm = PyramidPooling(channels["layer4"])
+        self.ppm = PyramidPooling(channels["layer4"], BINS, align_corners)
         self.head = _head(self.ppm.out_channels, 512, num_classes, dropout)
         self.aux = _head(channels["layer3"], 256, num_classes, dropout) if aux else None
         for module in [self.head, self.ppm] + ([self.aux] if aux else []):
@@ -135,9 +140,10 @@ class PSPNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
-        out = {"out": resize_to(self.head(self.ppm(feats["layer4"])), x.shape[-2:])}
+        size, corners = x.shape[-2:], self.align_corners
+        out = {"out": resize_to(self.head(self.ppm(feats["layer4"])), size, corners)}
         if self.aux is not None and self.training:  # a training device only (§3.4); eval skips its cost
-            out["aux"] = resize_to(self.aux(feats["layer3"]), x.shape[-2:])
+            out["aux"] = resize_to(self.aux(feats["layer3"]), size, corners)
         return out
 
 
@@ -159,30 +165,30 @@ def _count(trunk: int, num_classes: int, deep_stem: bool) -> float:
 @MODELS.register("pspnet50", paper_params=_count(23_508_032, 150, False), paper_kwargs=_ADE,
                  output_stride=8, source=_SOURCE)
 def pspnet50(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
-             dropout: float = 0.1) -> PSPNet:
+             dropout: float = 0.1, align_corners: bool = True) -> PSPNet:
     """PSPNet on torchvision's ResNet-50 (7×7 stem), so ImageNet weights are available."""
-    return PSPNet(50, num_classes, False, aux, dropout, pretrained_backbone)
+    return PSPNet(50, num_classes, False, aux, dropout, pretrained_backbone, align_corners)
 
 
 @MODELS.register("pspnet101", paper_params=_count(42_500_160, 19, False), paper_kwargs=_CITYSCAPES,
                  output_stride=8, source=_SOURCE)
 def pspnet101(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
-              dropout: float = 0.1) -> PSPNet:
+              dropout: float = 0.1, align_corners: bool = True) -> PSPNet:
     """PSPNet on torchvision's ResNet-101 (7×7 stem)."""
-    return PSPNet(101, num_classes, False, aux, dropout, pretrained_backbone)
+    return PSPNet(101, num_classes, False, aux, dropout, pretrained_backbone, align_corners)
 
 
 @MODELS.register("pspnet50_deepstem", paper_params=_count(23_508_032, 150, True), paper_kwargs=_ADE,
                  output_stride=8, source=_SOURCE)
 def pspnet50_deepstem(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
-                      dropout: float = 0.1) -> PSPNet:
+                      dropout: float = 0.1, align_corners: bool = True) -> PSPNet:
     """PSPNet on the deep-stem ResNet-50 of the official release (local weights only)."""
-    return PSPNet(50, num_classes, True, aux, dropout, pretrained_backbone)
+    return PSPNet(50, num_classes, True, aux, dropout, pretrained_backbone, align_corners)
 
 
 @MODELS.register("pspnet101_deepstem", paper_params=_count(42_500_160, 19, True), paper_kwargs=_CITYSCAPES,
                  output_stride=8, source=_SOURCE)
 def pspnet101_deepstem(*, num_classes: int, pretrained_backbone: Pretrained = False, aux: bool = True,
-                       dropout: float = 0.1) -> PSPNet:
+                       dropout: float = 0.1, align_corners: bool = True) -> PSPNet:
     """PSPNet on the deep-stem ResNet-101 of the official release (local weights only)."""
-    return PSPNet(101, num_classes, True, aux, dropout, pretrained_backbone)
+    return PSPNet(101, num_classes, True, aux, dropout, pretrained_backbone, align_corners)
