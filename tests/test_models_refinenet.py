@@ -34,7 +34,7 @@ def _count(module: nn.Module) -> int:
 @pytest.fixture(scope="module")
 def lw50() -> refinenet.RefineNet:
     torch.manual_seed(0)
-    return MODELS.build("refinenet_lw50", num_classes=3)
+    return MODELS.build("refinenet_lw50", num_classes=3, dropout=0.0)  # deterministic steps for the SGD test
 
 
 def test_full_block_sizes_match_the_released_code() -> None:
@@ -74,7 +74,7 @@ def test_light_weight_has_only_1x1_decoder_convs_and_no_rcus() -> None:
     assert kernels == {(1, 1)}
     assert model.classifier.kernel_size == (3, 3) and model.classifier.bias is not None
     assert sum(_count(b) for b in model.blocks) == refinenet._LW_DECODER
-    assert model.dropout.p == 0.0
+    assert model.dropout.p == 0.5 and not model.drop_classifier  # official: layer3/layer4 only
 
 
 def test_block_resolutions_are_1_32_to_1_4(lw50: refinenet.RefineNet) -> None:
@@ -136,22 +136,57 @@ def test_crp_channels_last_pooling_is_bit_identical_and_keeps_the_layout(layout:
     assert out.stride() == expected.stride()  # the layout the plain pool gives, so nothing downstream changes
 
 
-def test_fusion_reduces_then_upsamples_then_pools() -> None:
+@pytest.mark.parametrize("corners", [True, False])
+def test_fusion_reduces_then_upsamples_then_pools(corners: bool) -> None:
     """Block = CRP(fuse_own(adapt(x)) + up(fuse_coarse(upper))): channels are reduced at 1/2 size."""
     torch.manual_seed(0)
-    block = refinenet.RefineBlock(8, 4, upper_width=6, light=True, crp_stages=2)
+    block = refinenet.RefineBlock(8, 4, upper_width=6, light=True, crp_stages=2, align_corners=corners)
     x, upper = torch.randn(1, 8, 10, 9), torch.randn(1, 6, 5, 5)
-    fused = block.fuse[0](block.adapt(x)) + F.interpolate(
-        block.fuse[1](upper), size=(10, 9), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(block(x, upper), block.crp(fused))
+    fused = {c: block.fuse[0](block.adapt(x)) + F.interpolate(
+        block.fuse[1](upper), size=(10, 9), mode="bilinear", align_corners=c) for c in (True, False)}
+    torch.testing.assert_close(block(x, upper), block.crp(fused[corners]))
+    assert not torch.allclose(block(x, upper), block.crp(fused[not corners]))
     assert block.out_channels == 4
     with pytest.raises(ValueError):
         block(x)
 
 
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if n.startswith("refinenet")])
+def test_align_corners_default_is_the_official_code(name: str) -> None:
+    """Both DrSleep ports upsample with align_corners=True inside the decoder; every block follows it."""
+    model = _meta(name)
+    assert [b.align_corners for b in model.blocks] == [True] * 4
+    assert [b.align_corners for b in _meta(name, align_corners=False).blocks] == [False] * 4
+
+
 def test_dropout_on_wide_backbone_paths_only() -> None:
-    assert _meta("refinenet101").drop_paths == {"layer3", "layer4"}
-    assert _meta("refinenet101").dropout.p == 0.5
+    for name in ("refinenet101", "refinenet_lw101"):
+        assert _meta(name).drop_paths == {"layer3", "layer4"}
+        assert _meta(name).dropout.p == 0.5
+    assert _meta("refinenet101").drop_classifier and not _meta("refinenet_lw101").drop_classifier
+
+
+def test_light_weight_drops_layer3_and_layer4_in_training() -> None:
+    """Official LW code: l4 = do(l4); l3 = do(l3) with Dropout(0.5); nothing before the classifier."""
+    torch.manual_seed(0)
+    model = MODELS.build("refinenet_lw50", num_classes=3).train()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [model.backbone.register_forward_hook(lambda m, i, o: seen.update(feats=o)),
+             model.blocks[0].register_forward_pre_hook(lambda m, i: seen.update(b0=i[0])),
+             model.blocks[1].register_forward_pre_hook(lambda m, i: seen.update(b1=i[0])),
+             model.blocks[2].register_forward_pre_hook(lambda m, i: seen.update(b2=i[0])),
+             model.blocks[3].register_forward_hook(lambda m, i, o: seen.update(last=o)),
+             model.classifier.register_forward_pre_hook(lambda m, i: seen.update(clf=i[0]))]
+    model(torch.randn(2, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    for block, path in (("b0", "layer4"), ("b1", "layer3")):
+        feat, seen_in = seen["feats"][path], seen[block]
+        nz = feat != 0
+        ratio = seen_in[nz] / feat[nz]
+        assert set(torch.unique(ratio.round(decimals=4)).tolist()) == {0.0, 2.0}, block  # kept ×1/(1-p) or dropped
+    assert torch.equal(seen["b2"], seen["feats"]["layer2"])  # 512-channel layer2: not dropped
+    assert torch.equal(seen["clf"], seen["last"])  # no dropout before the LW classifier
 
 
 def test_knobs_and_their_errors() -> None:

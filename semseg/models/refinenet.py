@@ -29,7 +29,14 @@ before the classifier, a 3×3 classifier.
 Light-Weight RefineNet drops every RCU and turns all 3×3 convs of the decoder
 (adaptation, fusion, CRP) into 1×1 convs, keeping the widths and the 3×3
 classifier; that cuts the decoder from ~75M to ~3.8M parameters. Layers as in
-DrSleep/light-weight-refinenet ``models/resnet.py`` (no dropout).
+DrSleep/light-weight-refinenet ``models/resnet.py``, which keeps dropout 0.5 on the
+layer3 and layer4 features but has none before the classifier.
+
+Both official PyTorch models upsample inside the decoder with
+``align_corners=True``; that is the default of ``align_corners`` here, so their
+released weights give their logits. The final ×4 to the input size is not in
+their models but in their training script (``src/train.py``: bilinear,
+``align_corners=False``), and stays that.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from semseg.registry import MODELS
 PATHS = ("layer4", "layer3", "layer2", "layer1")  # RefineNet-4 … RefineNet-1 (1/32 … 1/4)
 WIDTHS = (512, 256, 256, 256)  # §3: 512 channels for RefineNet-4 inputs, 256 elsewhere
 ADAPT_RCUS, OUTPUT_RCUS = 2, 3  # released code: adapt_conv_num, refine_block_conv_num_mainflow
-CRP_STAGES = 4  # released weights and LW code; the paper's Fig. 2(d) and the MATLAB default use 2
+CRP_STAGES = 4  # MATLAB release (chained_pool_num = 4), released weights and LW code; the paper's Fig. 2(d) draws 2
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = False) -> nn.Conv2d:
@@ -72,7 +79,9 @@ class CRP(nn.Module):
     """Chained residual pooling (§3.2, Fig. 2(d)): ReLU, then ``stages`` × (5×5 max-pool → conv).
 
     Each link pools the previous link's output, so later links see larger windows;
-    the sum of the input and all links lets the net weight those contexts.
+    the sum of the input and all links lets the net weight those contexts. Pool before
+    conv as the figure, the released models and the PyTorch ports; the MATLAB training
+    code's default "improved" link is conv before pool (see doc/refinenet.md).
     """
 
     def __init__(self, channels: int, stages: int, kernel_size: int) -> None:
@@ -102,8 +111,10 @@ class RefineBlock(nn.Module):
     ``light`` gives the Light-Weight block: 1×1 convs and no RCUs.
     """
 
-    def __init__(self, in_channels: int, width: int, upper_width: int | None, light: bool, crp_stages: int) -> None:
+    def __init__(self, in_channels: int, width: int, upper_width: int | None, light: bool, crp_stages: int,
+                 align_corners: bool = True) -> None:
         super().__init__()
+        self.align_corners = align_corners
         k = 1 if light else 3
         rcus = 0 if light else ADAPT_RCUS
         self.adapt = nn.Sequential(_conv(in_channels, width, k), *(RCU(width) for _ in range(rcus)))
@@ -120,7 +131,7 @@ class RefineBlock(nn.Module):
             if upper is None:
                 raise ValueError("this RefineNet block fuses a coarser path, but none was given")
             # Reduce channels at the coarse resolution, then upsample: cheaper, as the released code.
-            x = self.fuse[0](x) + resize_to(self.fuse[1](upper), x.shape[-2:])
+            x = self.fuse[0](x) + resize_to(self.fuse[1](upper), x.shape[-2:], self.align_corners)
         return self.output(self.crp(x))
 
 
@@ -135,6 +146,7 @@ class RefineNet(nn.Module):
         dropout: float = 0.5,
         crp_stages: int = CRP_STAGES,
         pretrained_backbone: Pretrained = False,
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -145,12 +157,14 @@ class RefineNet(nn.Module):
         blocks: list[RefineBlock] = []
         upper: int | None = None
         for path, width in zip(PATHS, WIDTHS):
-            blocks.append(RefineBlock(self.backbone.channels[path], width, upper, light, crp_stages))
+            blocks.append(RefineBlock(self.backbone.channels[path], width, upper, light, crp_stages, align_corners))
             upper = blocks[-1].out_channels
         self.blocks = nn.ModuleList(blocks)
-        # Released code: dropout on backbone paths wider than 512 channels and before the classifier.
+        # Released code: dropout on backbone paths wider than 512 channels (layer3, layer4); the
+        # full RefineNet also before the classifier, the Light-Weight one not.
         self.drop_paths = {p for p in PATHS if self.backbone.channels[p] > 512}
         self.dropout = nn.Dropout(dropout)
+        self.drop_classifier = not light
         self.classifier = _conv(WIDTHS[-1], num_classes, 3, bias=True)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -159,7 +173,8 @@ class RefineNet(nn.Module):
         y = self.blocks[0](paths[0])
         for block, path in zip(self.blocks[1:], paths[1:]):
             y = block(path, y)
-        return {"out": resize_to(self.classifier(self.dropout(y)), x.shape[-2:])}
+        y = self.dropout(y) if self.drop_classifier else y
+        return {"out": resize_to(self.classifier(y), x.shape[-2:])}  # src/train.py: align_corners=False
 
 
 # Parameter counts at 21 classes (PASCAL VOC, the datasets of both papers' main tables and of the
@@ -193,43 +208,46 @@ def _lw_tolerance(paper_millions: float) -> float:
 @MODELS.register("refinenet50", paper_params=_full_count(50), paper_kwargs=_VOC, output_stride=32,
                  source=_SOURCE_FULL)
 def refinenet50(*, num_classes: int, pretrained_backbone: Pretrained = False, dropout: float = 0.5,
-                crp_stages: int = CRP_STAGES) -> RefineNet:
+                crp_stages: int = CRP_STAGES, align_corners: bool = True) -> RefineNet:
     """4-cascaded RefineNet on ResNet-50."""
-    return RefineNet(50, num_classes, False, dropout, crp_stages, pretrained_backbone)
+    return RefineNet(50, num_classes, False, dropout, crp_stages, pretrained_backbone, align_corners)
 
 
 @MODELS.register("refinenet101", paper_params=_full_count(101), paper_kwargs=_VOC, output_stride=32,
                  source=_SOURCE_FULL)
 def refinenet101(*, num_classes: int, pretrained_backbone: Pretrained = False, dropout: float = 0.5,
-                 crp_stages: int = CRP_STAGES) -> RefineNet:
+                 crp_stages: int = CRP_STAGES, align_corners: bool = True) -> RefineNet:
     """4-cascaded RefineNet on ResNet-101 (the paper's main model)."""
-    return RefineNet(101, num_classes, False, dropout, crp_stages, pretrained_backbone)
+    return RefineNet(101, num_classes, False, dropout, crp_stages, pretrained_backbone, align_corners)
 
 
 @MODELS.register("refinenet152", paper_params=_full_count(152), paper_kwargs=_VOC, output_stride=32,
                  source=_SOURCE_FULL)
 def refinenet152(*, num_classes: int, pretrained_backbone: Pretrained = False, dropout: float = 0.5,
-                 crp_stages: int = CRP_STAGES) -> RefineNet:
+                 crp_stages: int = CRP_STAGES, align_corners: bool = True) -> RefineNet:
     """4-cascaded RefineNet on ResNet-152."""
-    return RefineNet(152, num_classes, False, dropout, crp_stages, pretrained_backbone)
+    return RefineNet(152, num_classes, False, dropout, crp_stages, pretrained_backbone, align_corners)
 
 
 @MODELS.register("refinenet_lw50", paper_params=27e6, params_tolerance=_lw_tolerance(27), paper_kwargs=_VOC,
                  output_stride=32, source=_SOURCE_LW)
-def refinenet_lw50(*, num_classes: int, pretrained_backbone: Pretrained = False) -> RefineNet:
-    """Light-Weight RefineNet on ResNet-50: 1×1 decoder convs, no RCUs, no dropout."""
-    return RefineNet(50, num_classes, True, 0.0, CRP_STAGES, pretrained_backbone)
+def refinenet_lw50(*, num_classes: int, pretrained_backbone: Pretrained = False, dropout: float = 0.5,
+                    align_corners: bool = True) -> RefineNet:
+    """Light-Weight RefineNet on ResNet-50: 1×1 decoder convs, no RCUs, dropout on layer3/layer4 only."""
+    return RefineNet(50, num_classes, True, dropout, CRP_STAGES, pretrained_backbone, align_corners)
 
 
 @MODELS.register("refinenet_lw101", paper_params=46e6, params_tolerance=_lw_tolerance(46), paper_kwargs=_VOC,
                  output_stride=32, source=_SOURCE_LW)
-def refinenet_lw101(*, num_classes: int, pretrained_backbone: Pretrained = False) -> RefineNet:
+def refinenet_lw101(*, num_classes: int, pretrained_backbone: Pretrained = False, dropout: float = 0.5,
+                    align_corners: bool = True) -> RefineNet:
     """Light-Weight RefineNet on ResNet-101."""
-    return RefineNet(101, num_classes, True, 0.0, CRP_STAGES, pretrained_backbone)
+    return RefineNet(101, num_classes, True, dropout, CRP_STAGES, pretrained_backbone, align_corners)
 
 
 @MODELS.register("refinenet_lw152", paper_params=62e6, params_tolerance=_lw_tolerance(62), paper_kwargs=_VOC,
                  output_stride=32, source=_SOURCE_LW)
-def refinenet_lw152(*, num_classes: int, pretrained_backbone: Pretrained = False) -> RefineNet:
+def refinenet_lw152(*, num_classes: int, pretrained_backbone: Pretrained = False, dropout: float = 0.5,
+                    align_corners: bool = True) -> RefineNet:
     """Light-Weight RefineNet on ResNet-152."""
-    return RefineNet(152, num_classes, True, 0.0, CRP_STAGES, pretrained_backbone)
+    return RefineNet(152, num_classes, True, dropout, CRP_STAGES, pretrained_backbone, align_corners)
