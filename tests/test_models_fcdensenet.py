@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semseg.errors import ConfigError
+from semseg.models import fcdensenet
 from semseg.models.fcdensenet import FCDenseNet
 from semseg.registry import MODELS
 from tests.fixtures.training import fit
@@ -61,7 +62,52 @@ def test_tiny_and_odd_sizes_and_output_stride_32() -> None:
     with torch.no_grad():
         for size in [(1, 1), (7, 33), (64, 63)]:
             assert model(torch.randn(1, 3, *size))["out"].shape == (1, 4, *size)
-    assert seen == [(1, 1), (1, 2), (2, 2)]  # ceil(size / 32)
+    assert seen == [(1, 1), (1, 1), (2, 1)]  # floor at each pool, a side of 1 staying 1: 33 → 16 → 8 → 4 → 2 → 1
+
+
+@pytest.mark.parametrize("name", ["fcdensenet56", "fcdensenet103"])
+def test_pools_floor_as_the_authors_at_360x480(name: str) -> None:
+    """Lasagne Pool2DLayer(2) floors (ignore_border=True): the 1/16 map of a 360×480 frame has 22 rows, not 23."""
+    model = _meta(name)
+    sizes: list[tuple[int, int]] = []
+    for td in model.transitions_down:
+        td.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+    with torch.device("meta"):
+        out = model(torch.empty(1, 3, 360, 480))["out"]
+    assert sizes == [(180, 240), (90, 120), (45, 60), (22, 30), (11, 15)]
+    assert out.shape == (1, 11, 360, 480)
+
+
+def test_floor_pool_is_floor_mode_except_on_a_side_of_one() -> None:
+    pool = fcdensenet.FloorMaxPool()
+    for size in [(7, 9), (8, 8), (45, 61)]:
+        x = torch.randn(2, 3, *size)
+        torch.testing.assert_close(pool(x), F.max_pool2d(x, 2, 2, ceil_mode=False), rtol=0, atol=0)
+    row = torch.randn(1, 2, 1, 7)
+    torch.testing.assert_close(pool(row), F.max_pool2d(row, (1, 2), (1, 2)), rtol=0, atol=0)  # 1 × ⌊7/2⌋
+    assert pool(torch.randn(1, 1, 1, 1)).shape[-2:] == (1, 1)
+
+
+def test_transition_up_crops_like_the_lasagne_centre_crop() -> None:
+    """Lasagne ConcatLayer(cropping='center') keeps rows (2n+1−S)//2 … : for S = 2n, 2n+1 that offset is 0."""
+    tu = fcdensenet.TransitionUp(2)
+    for n, skip in [(5, 10), (5, 11)]:
+        new, s = torch.randn(1, 2, n, n), torch.randn(1, 3, skip, skip)
+        full = tu.up(new)
+        off = (full.shape[-1] - skip) // 2
+        assert off == 0
+        torch.testing.assert_close(tu(new, s)[:, :2], full[..., off : off + skip, off : off + skip])
+
+
+def test_batchnorm_eps_is_lasagnes() -> None:
+    """lasagne.layers.BatchNormLayer's default epsilon 1e-4 (the authors' layers.py keeps it); bn_eps changes it."""
+    eps = {m.eps for m in _meta("fcdensenet103").modules() if isinstance(m, nn.BatchNorm2d)}
+    assert eps == {1e-4}
+    with torch.device("meta"):
+        port = MODELS.build("fcdensenet67", num_classes=12, bn_eps=1e-5)
+    assert {m.eps for m in port.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-5}
+    with pytest.raises(ConfigError, match="model.params.bn_eps"):
+        MODELS.build("fcdensenet56", num_classes=4, bn_eps=0.0)
 
 
 def test_dropout_out_of_range_is_a_config_error() -> None:

@@ -11,21 +11,25 @@ stack. On the way down each block's whole stack is kept as a skip connection;
 on the way up only the *new* maps of the previous block are upsampled, which
 keeps the number of channels, and so the memory, from exploding.
 
-Changes from the paper, both for arbitrary input sizes (the paper trains on
-224×224 crops and tests on 360×480): max-pooling uses ``ceil_mode=True`` so
-no size ever pools to zero, and the 3×3 stride-2 transposed convolution's
-``2n+1`` output is cropped to the skip's size from the top-left corner. For
-the sizes where the paper's floor-mode pooling is defined, this is the same
-crop as the Lasagne code's centre crop.
+Pooling floors, as the authors' Lasagne ``Pool2DLayer`` (``ignore_border=True``):
+at the paper's 360×480 the 1/16 map has 22 rows, not ceil's 23. The 3×3
+stride-2 transposed convolution gives ``2n+1 ≥`` the skip's size, cropped to it
+from the top-left corner, which is the Lasagne ``ConcatLayer``'s centre crop
+whenever the two differ by one. For arbitrary input sizes, a side of length 1
+pools to 1 instead of floor's 0 (the only size where floor is undefined). BatchNorm
+uses Lasagne's ``BatchNormLayer`` epsilon 1e-4 (``bn_eps``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semseg.errors import ConfigError
 from semseg.registry import MODELS
+
+LASAGNE_BN_EPS = 1e-4  # lasagne.layers.BatchNormLayer's default epsilon, which the authors' layers.py keeps
 
 
 def _he_init(module: nn.Module) -> None:
@@ -39,9 +43,10 @@ def _he_init(module: nn.Module) -> None:
 class DenseLayer(nn.Sequential):
     """BN → ReLU → conv → dropout: the paper's "layer" (Table 1) and, at 1×1, its TD conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float, kernel_size: int = 3) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, kernel_size: int = 3,
+                 bn_eps: float = LASAGNE_BN_EPS) -> None:
         super().__init__(
-            nn.BatchNorm2d(in_channels),
+            nn.BatchNorm2d(in_channels, eps=bn_eps),
             nn.ReLU(inplace=True),
             nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.Dropout(dropout),
@@ -51,10 +56,11 @@ class DenseLayer(nn.Sequential):
 class DenseBlock(nn.Module):
     """``num_layers`` dense layers; returns the full stack and the new maps only."""
 
-    def __init__(self, in_channels: int, growth_rate: int, num_layers: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, growth_rate: int, num_layers: int, dropout: float,
+                 bn_eps: float = LASAGNE_BN_EPS) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            DenseLayer(in_channels + i * growth_rate, growth_rate, dropout) for i in range(num_layers)
+            DenseLayer(in_channels + i * growth_rate, growth_rate, dropout, bn_eps=bn_eps) for i in range(num_layers)
         )
         self.new_channels = growth_rate * num_layers
         self.out_channels = in_channels + self.new_channels
@@ -67,11 +73,25 @@ class DenseBlock(nn.Module):
         return x, torch.cat(new, dim=1)
 
 
+class FloorMaxPool(nn.Module):
+    """2×2 stride-2 max-pool that floors like Lasagne's (``ignore_border=True``); a side of 1 stays 1.
+
+    A side of length 1 is replicated to 2 first, so pooling it is the identity there
+    and every other side pools exactly as floor mode does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h, pad_w = int(x.shape[-2] == 1), int(x.shape[-1] == 1)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return F.max_pool2d(x, 2, 2)
+
+
 class TransitionDown(nn.Sequential):
     """BN → ReLU → 1×1 conv (same width) → dropout → 2×2 max-pool (paper Table 1)."""
 
-    def __init__(self, channels: int, dropout: float) -> None:
-        super().__init__(DenseLayer(channels, channels, dropout, kernel_size=1), nn.MaxPool2d(2, 2, ceil_mode=True))
+    def __init__(self, channels: int, dropout: float, bn_eps: float = LASAGNE_BN_EPS) -> None:
+        super().__init__(DenseLayer(channels, channels, dropout, kernel_size=1, bn_eps=bn_eps), FloorMaxPool())
 
 
 class TransitionUp(nn.Module):
@@ -82,7 +102,7 @@ class TransitionUp(nn.Module):
         self.up = nn.ConvTranspose2d(channels, channels, 3, stride=2)
 
     def forward(self, new: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = self.up(new)[..., : skip.shape[-2], : skip.shape[-1]]  # 2n+1 ≥ skip size with ceil pooling
+        up = self.up(new)[..., : skip.shape[-2], : skip.shape[-1]]  # 2⌊S/2⌋+1 ≥ S: crop the extra row
         return torch.cat([up, skip], dim=1)
 
 
@@ -100,25 +120,28 @@ class FCDenseNet(nn.Module):
         growth_rate: int,
         first_channels: int = 48,
         dropout: float = 0.2,
+        bn_eps: float = LASAGNE_BN_EPS,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.params.dropout: must be in [0, 1), got {dropout}")
+        if not 0.0 < bn_eps < 1.0:
+            raise ConfigError(f"model.params.bn_eps: must be in (0, 1), got {bn_eps}")
         num_pools = len(block_layers) // 2
         self.first_conv = nn.Conv2d(3, first_channels, 3, padding=1)  # plain conv: no BN/ReLU before it
         self.down_blocks, self.transitions_down = nn.ModuleList(), nn.ModuleList()
         channels, skips = first_channels, []
         for n in block_layers[:num_pools]:
-            self.down_blocks.append(DenseBlock(channels, growth_rate, n, dropout))
+            self.down_blocks.append(DenseBlock(channels, growth_rate, n, dropout, bn_eps))
             channels = self.down_blocks[-1].out_channels
             skips.append(channels)
-            self.transitions_down.append(TransitionDown(channels, dropout))
-        self.bottleneck = DenseBlock(channels, growth_rate, block_layers[num_pools], dropout)
+            self.transitions_down.append(TransitionDown(channels, dropout, bn_eps))
+        self.bottleneck = DenseBlock(channels, growth_rate, block_layers[num_pools], dropout, bn_eps)
         new = self.bottleneck.new_channels
         self.transitions_up, self.up_blocks = nn.ModuleList(), nn.ModuleList()
         for n, skip in zip(block_layers[num_pools + 1 :], reversed(skips)):
             self.transitions_up.append(TransitionUp(new))
-            self.up_blocks.append(DenseBlock(new + skip, growth_rate, n, dropout))
+            self.up_blocks.append(DenseBlock(new + skip, growth_rate, n, dropout, bn_eps))
             new = self.up_blocks[-1].new_channels
         self.classifier = nn.Conv2d(self.up_blocks[-1].out_channels, num_classes, 1)
         _he_init(self)
@@ -152,21 +175,22 @@ _CAMVID_RESULT = "Jégou et al. 2017, Table 2 (test split, from scratch)"
 @MODELS.register("fcdensenet56", paper_params=1.5e6, paper_kwargs=_CAMVID, output_stride=32,
                  source=_SOURCE, params_tolerance=0.085,
                  paper_camvid_miou=(58.9, _CAMVID_RESULT))
-def fcdensenet56(*, num_classes: int, dropout: float = 0.2) -> FCDenseNet:
+def fcdensenet56(*, num_classes: int, dropout: float = 0.2, bn_eps: float = LASAGNE_BN_EPS) -> FCDenseNet:
     """FC-DenseNet56: 4 layers in every block, growth rate 12."""
-    return FCDenseNet(num_classes, (4,) * 11, growth_rate=12, dropout=dropout)
+    return FCDenseNet(num_classes, (4,) * 11, growth_rate=12, dropout=dropout, bn_eps=bn_eps)
 
 
 @MODELS.register("fcdensenet67", paper_params=3.5e6, paper_kwargs=_CAMVID, output_stride=32,
                  source=_SOURCE, params_tolerance=0.015,
                  paper_camvid_miou=(60.1, _CAMVID_RESULT))
-def fcdensenet67(*, num_classes: int, dropout: float = 0.2) -> FCDenseNet:
+def fcdensenet67(*, num_classes: int, dropout: float = 0.2, bn_eps: float = LASAGNE_BN_EPS) -> FCDenseNet:
     """FC-DenseNet67: 5 layers in every block, growth rate 16."""
-    return FCDenseNet(num_classes, (5,) * 11, growth_rate=16, dropout=dropout)
+    return FCDenseNet(num_classes, (5,) * 11, growth_rate=16, dropout=dropout, bn_eps=bn_eps)
 
 
 @MODELS.register("fcdensenet103", paper_params=9.4e6, paper_kwargs=_CAMVID, output_stride=32, source=_SOURCE,
                  paper_camvid_miou=(66.9, _CAMVID_RESULT))
-def fcdensenet103(*, num_classes: int, dropout: float = 0.2) -> FCDenseNet:
+def fcdensenet103(*, num_classes: int, dropout: float = 0.2, bn_eps: float = LASAGNE_BN_EPS) -> FCDenseNet:
     """FC-DenseNet103: 4-5-7-10-12 down, 15 in the bottleneck, 12-10-7-5-4 up; growth rate 16."""
-    return FCDenseNet(num_classes, (4, 5, 7, 10, 12, 15, 12, 10, 7, 5, 4), growth_rate=16, dropout=dropout)
+    layers = (4, 5, 7, 10, 12, 15, 12, 10, 7, 5, 4)
+    return FCDenseNet(num_classes, layers, growth_rate=16, dropout=dropout, bn_eps=bn_eps)
