@@ -60,6 +60,16 @@ def test_decoder_strides_and_widths(net: linknet.LinkNet) -> None:
     assert (net.classifier.kernel_size, net.classifier.stride) == ((2, 2), (2, 2))
 
 
+def test_batchnorm_eps_is_the_torch_codes(net: linknet.LinkNet) -> None:
+    """models/model.lua: SpatialBatchNormalization(n, 1e-3) in decode() and after the final 3×3 conv;
+    SBatchNorm(32) (Torch default 1e-5) after the final full conv; the ResNet-18 encoder 1e-5."""
+    decoder = [net.decoder4, net.decoder3, net.decoder2, net.decoder1, net.final_conv]
+    eps = {m.eps for d in decoder for m in d.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert eps == {1e-3}
+    assert net.final_up.bn.eps == 1e-5
+    assert {m.eps for m in net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-5}
+
+
 def test_output_stride_32() -> None:
     with torch.device("meta"):
         model = MODELS.build("linknet", num_classes=3)

@@ -18,11 +18,12 @@ class ConvBNReLU(nn.Sequential):
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,
+        bn_eps: float = 1e-5,
     ) -> None:
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.BatchNorm2d(out_channels, eps=bn_eps),
             nn.ReLU(inplace=True),
         )
 

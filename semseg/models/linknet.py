@@ -18,7 +18,10 @@ encoder block *i* (the max-pool output for i = 1). The convs before a BN have no
 bias here (the Torch code has one; a bias before BN is redundant and would get
 no gradient). Transposed convs are given the skip tensor's size as
 ``output_size``, so odd sizes line up; the final ×2 can overshoot by one pixel,
-which is cropped, so the output is always the input size.
+which is cropped, so the output is always the input size. BatchNorm epsilon is
+the Torch code's: 1e-3 in the decoder blocks and the final 3×3 conv
+(``SpatialBatchNormalization(n, 1e-3)``), Torch's default 1e-5 after the final
+full conv (``SBatchNorm(32)``) and in the ResNet-18 encoder.
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ from semseg.models._backbones import Pretrained, ResNetFeatures
 from semseg.models._blocks import ConvBNReLU
 from semseg.registry import MODELS
 
+TORCH_DECODER_EPS = 1e-3  # e-lab/LinkNet models/model.lua: SpatialBatchNormalization(n, 1e-3) in the decoder
+
 
 class TransposedConvBNReLU(nn.Module):
     """Full convolution (3×3, padding 1) → BN → ReLU, upsampling to an exact ``size``."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_eps: float = 1e-5) -> None:
         super().__init__()
         self.conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -51,9 +56,9 @@ class DecoderBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         mid = in_channels // 4
-        self.reduce = ConvBNReLU(in_channels, mid, 1)
-        self.up = TransposedConvBNReLU(mid, mid, stride)
-        self.expand = ConvBNReLU(mid, out_channels, 1)
+        self.reduce = ConvBNReLU(in_channels, mid, 1, bn_eps=TORCH_DECODER_EPS)
+        self.up = TransposedConvBNReLU(mid, mid, stride, bn_eps=TORCH_DECODER_EPS)
+        self.expand = ConvBNReLU(mid, out_channels, 1, bn_eps=TORCH_DECODER_EPS)
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return self.expand(self.up(self.reduce(x), size))
@@ -70,8 +75,8 @@ class LinkNet(nn.Module):
         self.decoder3 = DecoderBlock(ch["layer3"], ch["layer2"], 2)
         self.decoder2 = DecoderBlock(ch["layer2"], ch["layer1"], 2)
         self.decoder1 = DecoderBlock(ch["layer1"], ch["stem"], 1)
-        self.final_up = TransposedConvBNReLU(ch["stem"], 32, 2)
-        self.final_conv = ConvBNReLU(32, 32, 3)
+        self.final_up = TransposedConvBNReLU(ch["stem"], 32, 2)  # SBatchNorm(32): Torch's default eps 1e-5
+        self.final_conv = ConvBNReLU(32, 32, 3, bn_eps=TORCH_DECODER_EPS)
         self.classifier = nn.ConvTranspose2d(32, num_classes, 2, stride=2)
         decoder = [self.decoder4, self.decoder3, self.decoder2, self.decoder1,
                    self.final_up, self.final_conv, self.classifier]
