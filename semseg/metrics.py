@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from semseg.errors import DataError
+
 
 class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
@@ -30,11 +32,25 @@ class ConfusionMatrix:
         n = self.num_classes
         t = target.reshape(-1).to(pred.device, torch.int64)
         p = pred.reshape(-1).to(torch.int64)
-        index = torch.where(t != self.ignore_index, t * n + p, n * n)
+        keep = t != self.ignore_index
+        self._check_ids(p, torch.where(keep, t, 0))
+        index = torch.where(keep, t * n + p, n * n)
         counts = torch.bincount(index, minlength=n * n + 1)
-        if counts.numel() > n * n + 1:
-            raise ValueError(f"class ids outside 0..{n - 1} (other than ignore_index {self.ignore_index})")
         self.mat += counts[: n * n].reshape(n, n).to(self.mat.device)
+
+    def _check_ids(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Every id in [0, n): otherwise ``t·n + p`` would silently land in another cell (a prediction
+        of n on truth 0 is cell (1, 0)) or in the dropped ignore bin. Two min/max reductions, one sync."""
+        if pred.numel() == 0:
+            return
+        bounds = torch.stack([*torch.aminmax(pred), *torch.aminmax(target)]).tolist()
+        n = self.num_classes
+        for what, lo, hi in (("prediction", *bounds[:2]), ("target", *bounds[2:])):
+            if lo < 0 or hi >= n:
+                raise DataError(
+                    f"{what} holds class id {lo if lo < 0 else hi}, outside 0..{n - 1} "
+                    f"(ignore_index {self.ignore_index}); the dataset's ids and num_classes disagree"
+                )
 
     def reset(self) -> None:
         self.mat.zero_()
@@ -62,7 +78,7 @@ class ConfusionMatrix:
             "mean_acc": float(acc[truth > 0].mean()) if (truth > 0).any() else float("nan"),
             "iou": iou.tolist(),
             "miou": float(iou[valid].mean()) if valid.any() else float("nan"),
-            "fwiou": float((freq[valid] * iou[valid]).sum()),
+            "fwiou": float((freq[valid] * iou[valid]).sum()) if total > 0 else float("nan"),
         }
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from semseg.errors import DataError
 from semseg.metrics import ConfusionMatrix, format_confusion, format_table
 
 IGN = 255
@@ -96,9 +97,36 @@ def test_update_does_not_mask_select_the_batch() -> None:
     assert cm.mat.sum() == 2 * 64 - 8
 
 
-def test_out_of_range_class_id_is_an_error() -> None:
-    with pytest.raises(ValueError, match="outside"):
-        ConfusionMatrix(3, IGN).update(torch.tensor([0, 1]), torch.tensor([0, 7]))
+@pytest.mark.parametrize(
+    ("pred", "target", "what", "bad"),
+    [
+        ([0, 3], [0, 0], "prediction", 3),  # t·n + p = 3: would have landed in cell (1, 0)
+        ([0, 0], [0, 3], "target", 3),  # t·n + p = 9 = n²: would have been dropped as ignored
+        ([0, 1], [0, 7], "target", 7),
+        ([0, -1], [0, 1], "prediction", -1),
+        ([0, 2], [-1, 1], "target", -1),  # would have landed in cell (0, 1)
+    ],
+)
+def test_out_of_range_class_id_is_a_one_line_error(pred: list[int], target: list[int], what: str, bad: int) -> None:
+    cm = ConfusionMatrix(3, IGN)
+    with pytest.raises(DataError, match=rf"^{what} holds class id {bad}, outside 0\.\.2 \(ignore_index {IGN}\)") as err:
+        cm.update(torch.tensor(pred), torch.tensor(target))
+    assert "\n" not in str(err.value)
+    assert cm.mat.sum() == 0  # nothing was counted
+
+
+def test_ignored_pixels_may_hold_any_prediction_id_in_range() -> None:
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(torch.tensor([2, 1, 0]), torch.tensor([IGN, IGN, 0]))
+    assert cm.mat.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+
+
+def test_every_pixel_ignored_makes_every_summary_nan() -> None:
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(torch.tensor([0, 1, 2]), torch.full((3,), IGN))
+    m = cm.compute()
+    assert all(math.isnan(m[k]) for k in ("pixel_acc", "mean_acc", "miou", "fwiou")), m
+    assert all(math.isnan(v) for v in m["iou"])
 
 
 def test_table_lists_every_class() -> None:
