@@ -1,0 +1,98 @@
+"""Turn an author's released checkpoint into a semseg checkpoint that validate.py and test.py read.
+
+    python tools/convert_weights.py --layout hszhao_pspnet --model pspnet50_deepstem --dataset ade20k \\
+        --root data/ADEChallengeData2016 train_epoch_100.pth pspnet50_ade20k.pt
+    python validate.py --checkpoint pspnet50_ade20k.pt
+
+The layouts (``--list``) are the tables in ``semseg/official/``: one per official
+repository, each naming the models it fits. The output holds our model's state dict
+(nothing missing, nothing left over: any mismatch is a one-line error), the config
+the weights need (model name and parameters such as BN epsilon or ``align_corners``,
+the official input normalisation, the dataset) and the dataset's class list and
+palette, so ``validate.py`` needs no other file. ``--set`` adds or changes config keys
+(e.g. ``augment.eval_size=[473,473]``, ``infer.mode=slide``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/convert_weights.py` from anywhere
+
+import torch  # noqa: E402
+
+from semseg.build import build_model  # noqa: E402
+from semseg.checkpoint import FORMAT_VERSION, save_atomic  # noqa: E402
+from semseg.cli import run_script  # noqa: E402
+from semseg.config import apply_overrides, config_from_dict, config_to_dict  # noqa: E402
+from semseg.errors import CheckpointError, ConfigError  # noqa: E402
+from semseg.loaders import dataset_class  # noqa: E402
+from semseg.official import OFFICIAL, convert_state, unwrap  # noqa: E402
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", nargs="?", help="the official checkpoint file")
+    parser.add_argument("out", nargs="?", help="the semseg checkpoint to write (.pt)")
+    parser.add_argument("--layout", help="official layout (see --list)")
+    parser.add_argument("--model", help="our model name, one of the layout's models")
+    parser.add_argument("--dataset", help="dataset the weights were trained on (its class list is stored)")
+    parser.add_argument("--root", default="", help="that dataset's root, stored as data.root")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config values")
+    parser.add_argument("--list", action="store_true", help="list the layouts and the files they read")
+    return parser.parse_args(argv)
+
+
+def config_for(args: argparse.Namespace, meta_models: tuple[str, ...], conv: Any) -> dict[str, Any]:
+    """The checkpoint's config: the layout's model parameters and normalisation, then --set."""
+    if args.model not in meta_models:
+        raise ConfigError(f"--model {args.model}: layout '{args.layout}' fits {', '.join(meta_models)}")
+    data = {"model": {"name": args.model, "params": dict(conv.model_params)},
+            "data": {"name": args.dataset, "root": args.root}}
+    if conv.augment:
+        data["augment"] = dict(conv.augment)
+    cfg = config_from_dict(apply_overrides(data, args.set), "--set")
+    return config_to_dict(cfg)
+
+
+def read_official(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: official checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable in any way: one line
+        raise CheckpointError(f"{path}: cannot read ({type(exc).__name__}); is it a PyTorch file?") from None
+    return unwrap(ckpt, path)
+
+
+def convert(args: argparse.Namespace) -> int:
+    if args.list:
+        for name in OFFICIAL.names():
+            meta = OFFICIAL.meta(name)
+            print(f"{name:22s} {', '.join(meta['models'])}\n{'':22s} {meta['files']}")
+        return 0
+    if not (args.source and args.out and args.layout and args.model and args.dataset):
+        raise ConfigError("give SOURCE OUT --layout --model --dataset (or --list)")
+    conv = OFFICIAL.get(args.layout)()
+    cfg = config_for(args, tuple(OFFICIAL.meta(args.layout)["models"]), conv)
+    meta = dataset_class(args.dataset)
+    model = build_model(config_from_dict(cfg).model, len(meta.CLASSES))
+    state = convert_state(conv, read_official(args.source), model.state_dict(), args.source)
+    model.load_state_dict(state)  # strict: convert_state already guaranteed the fit
+    save_atomic({"format_version": FORMAT_VERSION, "model": state, "config": cfg,
+                 "classes": list(meta.CLASSES), "palette": [list(c) for c in meta.PALETTE],
+                 "converted_from": {"file": str(args.source), "layout": args.layout}}, args.out)
+    print(f"{args.source} ({args.layout}) -> {args.out}: {args.model}, {len(state)} tensors, "
+          f"{len(meta.CLASSES)} classes of {args.dataset}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_script(convert, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
