@@ -68,6 +68,9 @@ def test_batchnorm_eps_is_the_torch_codes(net: linknet.LinkNet) -> None:
     assert eps == {1e-3}
     assert net.final_up.bn.eps == 1e-5
     assert {m.eps for m in net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-5}
+    with torch.device("meta"):
+        old = MODELS.build("linknet", num_classes=3, bn_eps=1e-5)  # checkpoints trained before issue 15
+    assert {m.eps for m in old.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-5}
 
 
 def test_output_stride_32() -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from semseg.errors import ConfigError
 from semseg.models._backbones import Pretrained, ResNetFeatures
 from semseg.models._blocks import ConvBNReLU
 from semseg.registry import MODELS
@@ -53,12 +54,12 @@ class TransposedConvBNReLU(nn.Module):
 class DecoderBlock(nn.Module):
     """1×1 conv m→m/4 → 3×3 full conv (×stride) m/4→m/4 → 1×1 conv m/4→n, all BN + ReLU (Fig. 3)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bn_eps: float = TORCH_DECODER_EPS) -> None:
         super().__init__()
         mid = in_channels // 4
-        self.reduce = ConvBNReLU(in_channels, mid, 1, bn_eps=TORCH_DECODER_EPS)
-        self.up = TransposedConvBNReLU(mid, mid, stride, bn_eps=TORCH_DECODER_EPS)
-        self.expand = ConvBNReLU(mid, out_channels, 1, bn_eps=TORCH_DECODER_EPS)
+        self.reduce = ConvBNReLU(in_channels, mid, 1, bn_eps=bn_eps)
+        self.up = TransposedConvBNReLU(mid, mid, stride, bn_eps=bn_eps)
+        self.expand = ConvBNReLU(mid, out_channels, 1, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return self.expand(self.up(self.reduce(x), size))
@@ -67,16 +68,19 @@ class DecoderBlock(nn.Module):
 class LinkNet(nn.Module):
     """ResNet encoder (stride 32) → four decoder blocks with additive links → final ×4 block."""
 
-    def __init__(self, depth: int, num_classes: int, pretrained_backbone: Pretrained = False) -> None:
+    def __init__(self, depth: int, num_classes: int, pretrained_backbone: Pretrained = False,
+                 bn_eps: float = TORCH_DECODER_EPS) -> None:
         super().__init__()
+        if not 0.0 < bn_eps < 1.0:
+            raise ConfigError(f"model.params.bn_eps: must be in (0, 1), got {bn_eps}")
         self.encoder = ResNetFeatures(depth, output_stride=32, pretrained_backbone=pretrained_backbone)
         ch = self.encoder.channels  # 64, 64, 128, 256, 512 for ResNet-18/34
-        self.decoder4 = DecoderBlock(ch["layer4"], ch["layer3"], 2)
-        self.decoder3 = DecoderBlock(ch["layer3"], ch["layer2"], 2)
-        self.decoder2 = DecoderBlock(ch["layer2"], ch["layer1"], 2)
-        self.decoder1 = DecoderBlock(ch["layer1"], ch["stem"], 1)
+        self.decoder4 = DecoderBlock(ch["layer4"], ch["layer3"], 2, bn_eps)
+        self.decoder3 = DecoderBlock(ch["layer3"], ch["layer2"], 2, bn_eps)
+        self.decoder2 = DecoderBlock(ch["layer2"], ch["layer1"], 2, bn_eps)
+        self.decoder1 = DecoderBlock(ch["layer1"], ch["stem"], 1, bn_eps)
         self.final_up = TransposedConvBNReLU(ch["stem"], 32, 2)  # SBatchNorm(32): Torch's default eps 1e-5
-        self.final_conv = ConvBNReLU(32, 32, 3, bn_eps=TORCH_DECODER_EPS)
+        self.final_conv = ConvBNReLU(32, 32, 3, bn_eps=bn_eps)
         self.classifier = nn.ConvTranspose2d(32, num_classes, 2, stride=2)
         decoder = [self.decoder4, self.decoder3, self.decoder2, self.decoder1,
                    self.final_up, self.final_conv, self.classifier]
@@ -111,13 +115,15 @@ class LinkNet(nn.Module):
 @MODELS.register("linknet", paper_params=11.5e6, paper_kwargs={"num_classes": 12}, output_stride=32,
                  paper_camvid_miou=(55.8, "Chaurasia & Culurciello 2017, Table 3 (test split, ImageNet encoder)"),
                  source="Chaurasia & Culurciello 2017, arXiv:1707.03718, Table 1 (LinkNet: 11.5M)")
-def linknet(*, num_classes: int, pretrained_backbone: Pretrained = False) -> LinkNet:
-    """LinkNet on ResNet-18, as in the paper."""
-    return LinkNet(18, num_classes, pretrained_backbone)
+def linknet(*, num_classes: int, pretrained_backbone: Pretrained = False,
+            bn_eps: float = TORCH_DECODER_EPS) -> LinkNet:
+    """LinkNet on ResNet-18, as in the paper; ``bn_eps`` of the decoder BNs (1e-5 for older checkpoints)."""
+    return LinkNet(18, num_classes, pretrained_backbone, bn_eps)
 
 
 @MODELS.register("linknet34", output_stride=32,
                  source="LinkNet decoder on ResNet-34 (not in the paper; no paper parameter count)")
-def linknet34(*, num_classes: int, pretrained_backbone: Pretrained = False) -> LinkNet:
+def linknet34(*, num_classes: int, pretrained_backbone: Pretrained = False,
+              bn_eps: float = TORCH_DECODER_EPS) -> LinkNet:
     """LinkNet on ResNet-34: the same decoder (the block widths are equal), a deeper encoder."""
-    return LinkNet(34, num_classes, pretrained_backbone)
+    return LinkNet(34, num_classes, pretrained_backbone, bn_eps)
