@@ -105,7 +105,8 @@ def test_pyramid_pooling_bins_and_channels(psp50: pspnet.PSPNet) -> None:
 def _official_forward(model: pspnet.PSPNet, x: torch.Tensor, corners: bool) -> torch.Tensor:
     """hszhao/semseg model/pspnet.py in eval mode: PPM and logits upsampled with F.interpolate(align_corners)."""
     f = model.backbone(x)["layer4"]
-    pooled = [F.interpolate(stage(f), f.shape[-2:], mode="bilinear", align_corners=corners) for stage in model.ppm.stages]
+    up = [stage(f) for stage in model.ppm.stages]
+    pooled = [F.interpolate(p, f.shape[-2:], mode="bilinear", align_corners=corners) for p in up]
     h, w = (x.shape[-2] - 1) // 8 * 8 + 1, (x.shape[-1] - 1) // 8 * 8 + 1  # the official (8k+1) output size
     return F.interpolate(model.head(torch.cat([f] + pooled, 1)), (h, w), mode="bilinear", align_corners=corners)
 

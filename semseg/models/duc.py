@@ -94,7 +94,7 @@ class DUCHDC(nn.Module):
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
             raise ConfigError(f"model.params.aspp_rates: need a list of positive integers, got {aspp_rates!r}")
         if isinstance(cell_width, bool) or cell_width not in (1, 2, 4, 8):
-            raise ConfigError(f"model.params.cell_width: must divide the output stride 8 (1, 2, 4 or 8), got {cell_width!r}")
+            raise ConfigError(f"model.params.cell_width: must be 1, 2, 4 or 8 (divisors of 8), got {cell_width!r}")
         self.cell_width, self.align_corners = cell_width, align_corners
         self.backbone = ResNetFeatures(depth, output_stride=UPSCALE, pretrained_backbone=pretrained_backbone)
         set_block_dilation(self.backbone.layer3, hdc_rates(len(self.backbone.layer3)))
