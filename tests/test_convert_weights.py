@@ -46,10 +46,11 @@ def test_pspnet_hszhao() -> None:
     official = L.fill(L.hszhao_pspnet(R50, 150))
     net, _ = _convert("hszhao_pspnet", "pspnet50_deepstem", official, 150)
     ours = net.state_dict()
-    for theirs, mine in [("layer0.6.weight", "backbone.stem.6.weight"), ("layer0.7.running_var", "backbone.stem.7.running_var"),
-                         ("layer3.5.conv2.weight", "backbone.layer3.5.conv2.weight"),
-                         ("ppm.features.3.1.weight", "ppm.stages.3.1.0.weight"), ("ppm.features.2.2.bias", "ppm.stages.2.1.1.bias"),
-                         ("cls.0.weight", "head.0.0.weight"), ("cls.4.bias", "head.2.bias"), ("aux.4.weight", "aux.2.weight")]:
+    pairs = [("layer0.6.weight", "backbone.stem.6.weight"), ("layer0.7.running_var", "backbone.stem.7.running_var"),
+             ("layer3.5.conv2.weight", "backbone.layer3.5.conv2.weight"),
+             ("ppm.features.3.1.weight", "ppm.stages.3.1.0.weight"), ("ppm.features.2.2.bias", "ppm.stages.2.1.1.bias"),
+             ("cls.0.weight", "head.0.0.weight"), ("cls.4.bias", "head.2.bias"), ("aux.4.weight", "aux.2.weight")]
+    for theirs, mine in pairs:
         assert torch.equal(ours[mine], official[theirs]), theirs
     assert net.align_corners is True
 
@@ -59,7 +60,8 @@ def _official_lw_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.
     from torchvision.models import resnet50
 
     trunk = resnet50()
-    trunk.load_state_dict({k: v for k, v in sd.items() if not k.startswith(("p_", "adapt", "mflow", "clf"))}, strict=False)
+    decoder = ("p_", "adapt", "mflow", "clf")
+    trunk.load_state_dict({k: v for k, v in sd.items() if not k.startswith(decoder)}, strict=False)
     trunk.eval()
     h = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
     l1 = trunk.layer1(h)
@@ -131,7 +133,8 @@ def _official_erfnet_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> to
         y = F.relu(F.conv2d(t, sd[f"{p}.conv3x1_1.weight"], sd[f"{p}.conv3x1_1.bias"], padding=(1, 0)))
         y = F.relu(bn(f"{p}.bn1", F.conv2d(y, sd[f"{p}.conv1x3_1.weight"], sd[f"{p}.conv1x3_1.bias"], padding=(0, 1))))
         y = F.relu(F.conv2d(y, sd[f"{p}.conv3x1_2.weight"], sd[f"{p}.conv3x1_2.bias"], padding=(d, 0), dilation=(d, 1)))
-        y = bn(f"{p}.bn2", F.conv2d(y, sd[f"{p}.conv1x3_2.weight"], sd[f"{p}.conv1x3_2.bias"], padding=(0, d), dilation=(1, d)))
+        y = F.conv2d(y, sd[f"{p}.conv1x3_2.weight"], sd[f"{p}.conv1x3_2.bias"], padding=(0, d), dilation=(1, d))
+        y = bn(f"{p}.bn2", y)
         return F.relu(y + t)
 
     def upb(p: str, t: torch.Tensor) -> torch.Tensor:

@@ -62,12 +62,12 @@ def test_tiny_and_odd_sizes_and_output_stride_32() -> None:
     with torch.no_grad():
         for size in [(1, 1), (7, 33), (64, 63)]:
             assert model(torch.randn(1, 3, *size))["out"].shape == (1, 4, *size)
-    assert seen == [(1, 1), (1, 1), (2, 1)]  # floor at each pool, a side of 1 staying 1: 33 → 16 → 8 → 4 → 2 → 1
+    assert seen == [(1, 1), (1, 1), (2, 1)]  # floor, a side of 1 stays 1: 33→16→8→4→2→1
 
 
 @pytest.mark.parametrize("name", ["fcdensenet56", "fcdensenet103"])
 def test_pools_floor_as_the_authors_at_360x480(name: str) -> None:
-    """Lasagne Pool2DLayer(2) floors (ignore_border=True): the 1/16 map of a 360×480 frame has 22 rows, not 23."""
+    """Lasagne Pool2DLayer(2) floors (ignore_border=True): at 360×480 the 1/16 map has 22 rows, not 23."""
     model = _meta(name)
     sizes: list[tuple[int, int]] = []
     for td in model.transitions_down:
