@@ -40,6 +40,7 @@ from semseg.inference import add_infer_args, check_infer, describe, infer_overri
 from semseg.loaders import build_dataset
 from semseg.loaders._base import to_rgb
 from semseg.precision import ready_for_inference
+from semseg.threads import apply_budget
 from semseg.visualize import colorize, overlay
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -218,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     check_infer(cfg.infer)
     device = resolve_device(cfg.train.device)
     model, precision = ready_for_inference(model, cfg, device)
+    apply_budget(cfg.train.threads, 0, device)  # images are read in this process, one at a time
     palette = [tuple(c) for c in ckpt["palette"]]
     out = Path(args.out)
     kinds = ["color", "overlay", "ids"] + (["confidence"] if args.confidence else [])

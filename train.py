@@ -44,9 +44,11 @@ from semseg.losses import build_criterion, class_pixel_counts, class_weights
 from semseg.metrics import format_table
 from semseg.optim import build_optimizer, lr_factor
 from semseg.precision import resolve_precision, with_precision
+from semseg.runlog import trim_metrics_log
 from semseg.sinks import LiveLog, build_live_log, new_env_name
 from semseg.sinks.tensorboard import check_available as check_tensorboard
 from semseg.stop import StopRequest
+from semseg.threads import apply_budget
 from semseg.visualize import colorize, denormalize
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yml")
@@ -208,25 +210,6 @@ def train(args: argparse.Namespace) -> int:
         cleanup(ctx)
 
 
-def trim_metrics_log(path: Path, iteration: int) -> int:
-    """Drop the records logged after ``iteration`` (the checkpoint a resume starts from); returns how many.
-
-    A run killed between a log write and its next checkpoint logged steps that the resume
-    redoes; without this they would appear twice. Rewritten through a temporary file.
-    """
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["iteration"] <= iteration]
-    if len(kept) < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        with writing(path):
-            tmp.write_text("".join(kept))
-            tmp.replace(path)
-        logger.info("%s: dropped %d record(s) logged after iteration %d, which the resume redoes", path, len(lines) - len(kept), iteration)
-    return len(lines) - len(kept)
-
-
 def close_run_file(f: Any, path: Path) -> None:
     with writing(path):
         f.close()
@@ -240,7 +223,8 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
     precision = resolve_precision(cfg.train.amp, cfg.train.channels_last, device, cfg.model.name)
     cfg = with_precision(cfg, precision)  # once: the stepper, validation and the saved config see the same path
     logger.info("%s", precision.describe())
-    probe, train_loader, val_loader = make_loaders(cfg, device, ctx)
+    budget = apply_budget(cfg.train.threads, cfg.data.num_workers, device, ctx.world_size)
+    probe, train_loader, val_loader = make_loaders(cfg, device, ctx, budget.workers)
     stepper = build_stepper(cfg, probe, device, ctx, resuming=ckpt is not None)
     state = restore_training(stepper, ckpt, cfg.train.resume, ctx) if ckpt is not None else TrainState()
     run_dir = Path(cfg.train.resume).resolve().parent if ckpt is not None else None

@@ -30,6 +30,7 @@ from semseg.inference import add_infer_args, check_infer, describe, infer_overri
 from semseg.loaders import build_dataset
 from semseg.metrics import format_confusion, format_table
 from semseg.precision import ready_for_inference
+from semseg.threads import apply_budget
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -56,8 +57,9 @@ def validate(args: argparse.Namespace) -> int:
     if not dataset.has_masks:
         raise DataError(f"{cfg.data.root}: split '{split}' has no masks to score against")
     check_classes(ckpt, dataset.CLASSES, cfg.data.name, args.checkpoint)
-    loader = DataLoader(dataset, cfg.data.val_batch_size, num_workers=cfg.data.num_workers)
     model, precision = ready_for_inference(model, cfg, device)
+    budget = apply_budget(cfg.train.threads, cfg.data.num_workers, device)
+    loader = DataLoader(dataset, cfg.data.val_batch_size, num_workers=budget.workers)
     confusion, _ = evaluate(model, loader, dataset.num_classes, dataset.IGNORE_INDEX, device, infer=cfg.infer, amp=precision.amp)
     metrics = confusion.compute()
     title = f"{cfg.model.name} on {cfg.data.name} '{split}' ({len(dataset)} images, inference: {describe(cfg.infer)})"

@@ -38,7 +38,7 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 8
     val_batch_size: int = 1
-    num_workers: int = 2
+    num_workers: Union[int, Literal["auto"]] = "auto"  # auto: the cores train.threads leaves free (semseg/threads.py)
     on_error: Literal["raise", "skip"] = "raise"
     params: dict[str, Any] = field(default_factory=dict)  # dataset-specific kwargs (e.g. synthetic size)
 
@@ -102,6 +102,7 @@ class TrainConfig:
     val_every: int = 1
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
+    threads: Optional[int] = None  # torch intra-op threads; None: the cores this process may use (semseg/threads.py)
     resume: Optional[str] = None
     init_from: Optional[str] = None  # a checkpoint whose weights (only) start this new run: fine-tuning stages
     deterministic: bool = False

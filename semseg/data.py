@@ -74,17 +74,18 @@ class ShardSampler(Sampler[int]):
 
 
 def make_loaders(
-    cfg: Config, device: torch.device, ctx: Optional[DistContext] = None
+    cfg: Config, device: torch.device, ctx: Optional[DistContext] = None, workers: int = 0
 ) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
     """(the training split without transforms, for metadata and class statistics; train loader; val loader).
 
-    ``data.batch_size`` is per process, as in torchvision's references.
+    ``data.batch_size`` is per process, as in torchvision's references; ``workers`` is the resolved
+    ``data.num_workers`` (:func:`semseg.threads.apply_budget`).
     """
     ctx = ctx or DistContext()
     probe = build_dataset(cfg.data, cfg.data.train_split)
     train_set = EpochSeeded(build_dataset(cfg.data, cfg.data.train_split, train_transforms(cfg.augment, probe.IGNORE_INDEX)), cfg.train.seed)
     val_set = build_dataset(cfg.data, cfg.data.val_split, eval_transforms(cfg.augment))
-    common = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(
         train_set, cfg.data.batch_size, sampler=ResumableSampler(train_set, ctx, cfg.train.seed),
         drop_last=len(train_set) // ctx.world_size > cfg.data.batch_size, generator=torch.Generator(), **common,

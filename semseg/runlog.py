@@ -1,13 +1,17 @@
-"""Reading a run's files back, for the tools that report on runs (``tools/plot_run.py``,
-``tools/record_result.py``, ``tools/results_table.py``): one reader each, so all see the same records."""
+"""A run's metrics log: read back by the tools that report on runs (``tools/plot_run.py``,
+``tools/record_result.py``, ``tools/results_table.py``; one reader each, so all see the same records),
+and trimmed by ``train.py`` when a resume redoes what was logged after its checkpoint."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from semseg.errors import DataError, os_reason
+from semseg.errors import DataError, os_reason, writing
+
+logger = logging.getLogger(__name__)
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -47,3 +51,22 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: cannot read: {os_reason(exc)}") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: {exc}") from None  # e.g. "Expecting property name … line 1 column 2"
+
+
+def trim_metrics_log(path: Path, iteration: int) -> int:
+    """Drop the records logged after ``iteration`` (the checkpoint a resume starts from); returns how many.
+
+    A run killed between a log write and its next checkpoint logged steps that the resume
+    redoes; without this they would appear twice. Rewritten through a temporary file.
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["iteration"] <= iteration]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        with writing(path):
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+        logger.info("%s: dropped %d record(s) logged after iteration %d, which the resume redoes", path, len(lines) - len(kept), iteration)
+    return len(lines) - len(kept)

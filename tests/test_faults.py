@@ -27,6 +27,7 @@ from torch import nn
 import semseg.checkpoint
 import train
 from semseg.checkpoint import load_checkpoint
+from semseg.runlog import trim_metrics_log
 from semseg.engine import evaluate
 from semseg.errors import SemsegError
 import semseg.sinks.visdom
@@ -155,9 +156,9 @@ def test_resume_drops_metrics_records_logged_after_the_checkpoint(tmp_path: Path
     records = [{"type": "train", "iteration": i} for i in (2, 4)] + [{"type": "epoch", "iteration": 4}, {"type": "val", "iteration": 4}]
     records += [{"type": "train", "iteration": 6}, {"type": "train", "iteration": 8}]  # logged, then killed before epoch 2's save
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert train.trim_metrics_log(log, 4) == 2
+    assert trim_metrics_log(log, 4) == 2
     assert [json.loads(line) for line in log.read_text().splitlines()] == records[:4]
-    assert train.trim_metrics_log(log, 4) == 0 and train.trim_metrics_log(tmp_path / "absent.jsonl", 4) == 0
+    assert trim_metrics_log(log, 4) == 0 and trim_metrics_log(tmp_path / "absent.jsonl", 4) == 0
 
 
 # ----------------------------------------------------------------------------- non-finite loss

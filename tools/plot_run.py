@@ -50,6 +50,7 @@ from semseg.errors import DataError, SemsegError  # noqa: E402
 from semseg.loaders import build_dataset  # noqa: E402
 from semseg.precision import ready_for_inference  # noqa: E402
 from semseg.runlog import read_metrics  # noqa: E402
+from semseg.threads import apply_budget  # noqa: E402
 from semseg.visualize import colorize, denormalize  # noqa: E402
 
 logger = logging.getLogger("plot_run")
@@ -300,9 +301,9 @@ def plot_from_checkpoint(args: argparse.Namespace, run: Path, out: Path) -> list
         return written
     # Scoring needs the whole split; samples alone need only the images evaluate() would keep from it.
     subset = dataset if score else Subset(dataset, spread(len(dataset), images))
-    loader = DataLoader(subset, cfg.data.val_batch_size, num_workers=cfg.data.num_workers)
     device = resolve_device(cfg.train.device)
     model, precision = ready_for_inference(model, cfg, device)  # as validate.py
+    loader = DataLoader(subset, cfg.data.val_batch_size, num_workers=apply_budget(cfg.train.threads, cfg.data.num_workers, device).workers)
     confusion, kept = evaluate(model, loader, dataset.num_classes, dataset.IGNORE_INDEX, device, images,
                                cfg.infer, precision.amp)  # fmt: skip
     if score:
