@@ -23,8 +23,7 @@ from PIL import Image
 from torch import nn
 
 from semseg.augmentations import eval_image, image_tensor
-from semseg.config import AugmentConfig, InferConfig
-from semseg.errors import ConfigError
+from semseg.config import AugmentConfig, InferConfig, check_values
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +34,8 @@ WHOLE = InferConfig()
 
 
 def check_infer(cfg: InferConfig) -> None:
-    """Reject settings the schema cannot (non-positive sizes, gaps between windows), naming the key."""
-    if any(t < 1 for t in cfg.tile):
-        raise ConfigError(f"infer.tile: sizes must be at least 1, got {list(cfg.tile)}")
-    if cfg.stride is not None:
-        if any(s < 1 for s in cfg.stride):
-            raise ConfigError(f"infer.stride: steps must be at least 1, got {list(cfg.stride)}")
-        if any(s > t for s, t in zip(cfg.stride, cfg.tile)):
-            raise ConfigError(f"infer.stride: {list(cfg.stride)} is larger than infer.tile {list(cfg.tile)} and would leave pixels unseen")
-    if not cfg.scales:
-        raise ConfigError("infer.scales: give at least one scale, e.g. [1.0]")
-    if any(not (math.isfinite(s) and s > 0) for s in cfg.scales):
-        raise ConfigError(f"infer.scales: scales must be positive numbers, got {list(cfg.scales)}")
+    """The schema's rules for ``infer`` (semseg/config.py), for an InferConfig built in code rather than loaded."""
+    check_values(cfg, "infer")
 
 
 def resolve_stride(cfg: InferConfig) -> tuple[int, int]:
