@@ -104,6 +104,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+RESUME_KEYS = ("config", "optimizer", "state", "rng")  # what train.py needs besides the weights to continue a run
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
+    """One line when ``ckpt`` holds weights but not what continuing its run needs (a converted or
+    hand-made ``.pt``): it can still start a new run through ``train.init_from``."""
+    absent = [key for key in RESUME_KEYS if not isinstance(ckpt.get(key), dict)]
+    if absent:
+        raise CheckpointError(f"{path}: cannot resume: holds no {', '.join(absent)} (not a training checkpoint); "
+                              f"to start a new run from its weights use --set train.init_from={path}")  # fmt: skip
+
+
 def validated_weights(ckpt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], bool]:
     """The model weights train.py validated (and chose ``best.pt`` by): the EMA copy when the run kept
     one, else the trained weights; the flag says which."""

@@ -352,7 +352,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:  # a PNG, a checkpoint, any binary file given as --config
+        raise ConfigError(f"{path}: not a YAML text file (it holds binary data); --config takes a recipe .yml") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({(exc.strerror or type(exc).__name__).lower()})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
