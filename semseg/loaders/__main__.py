@@ -2,7 +2,8 @@
 
 Prints, per split, how many images and masks were found, the class list, and
 class pixel shares over a sample of masks — or, for each split, the one-line
-reason it cannot be read (missing folder, image without mask, bad label …).
+reason it cannot be read (missing folder, image without mask, a mask not its
+image's size, bad label …); any such problem makes the exit code 2.
 ``--download`` first fetches the dataset where a scripted download exists.
 """
 
@@ -39,6 +40,15 @@ def class_shares(dataset: SegmentationDataset, sample: int) -> tuple[np.ndarray,
     return counts[: dataset.num_classes] / total, counts[dataset.IGNORE_INDEX] / total
 
 
+def size_mismatch(dataset: SegmentationDataset) -> str | None:
+    """The first sample whose mask is not its image's size (file headers only, so the whole split is cheap)."""
+    for i, sample in enumerate(dataset.samples):
+        image, mask = dataset.image_size(i), dataset.mask_size(i)
+        if image != mask:
+            return f"{sample.mask}: mask is {mask[0]}×{mask[1]} but its image is {image[0]}×{image[1]}"
+    return None
+
+
 def check(args: argparse.Namespace) -> int:
     cls = dataset_class(args.dataset)
     params = {}
@@ -47,21 +57,28 @@ def check(args: argparse.Namespace) -> int:
         params[key] = yaml.safe_load(value)
     root = str(cls.download(args.root)) if args.download else args.root
     readable: list[SegmentationDataset] = []
+    problems = 0
     for split in args.splits or cls.SPLITS:
         try:
             ds = DATASETS.build_checked(args.dataset, dict(params, root=root, split=split), where="data.params")
         except SemsegError as exc:
             print(f"{split:>10}: cannot read — {exc}")
+            problems += 1
             continue
         readable.append(ds)
         masks = sum(s.mask is not None for s in ds.samples)
         line = f"{split:>10}: {len(ds)} images, {masks} masks"
-        if masks == len(ds) and args.sample > 0:
+        if masks == len(ds):
             try:
-                shares, ignored = class_shares(ds, args.sample)
+                mismatch = size_mismatch(ds)
+                shares, ignored = class_shares(ds, args.sample) if mismatch is None and args.sample > 0 else (None, 0.0)
             except SemsegError as exc:
-                print(f"{line}; bad mask — {exc}")
+                mismatch = str(exc)
+            if mismatch is not None:
+                print(f"{line}; bad mask — {mismatch}")
+                problems += 1
                 continue
+        if masks == len(ds) and args.sample > 0:
             top = ", ".join(f"{ds.CLASSES[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares)[:5])
             absent = [ds.CLASSES[c] for c in np.flatnonzero(shares == 0)]
             line += f"; pixels (sample of {min(args.sample, len(ds))}): {top}; ignored {100 * ignored:.1f}%"
@@ -71,7 +88,9 @@ def check(args: argparse.Namespace) -> int:
         classes = readable[0].CLASSES
         print(f"{len(classes)} classes: {', '.join(classes)} (ignore index {cls.IGNORE_INDEX})")
     print(f"root: {root}")
-    return 0 if readable else 2
+    if problems:
+        print(f"error: {problems} problem(s) reported above", file=sys.stderr)
+    return 2 if problems or not readable else 0
 
 
 def main(argv: list[str] | None = None) -> int:

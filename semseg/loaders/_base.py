@@ -25,6 +25,7 @@ from semseg.loaders._download import Resource, fetch
 
 logger = logging.getLogger(__name__)
 
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # masks whose header gives the size
 _SKIP_SLOTS = 257  # the main process + up to 256 DataLoader workers (more would share slots: counts may race)
 
 # (RGB image, H×W uint8 class ids) → tensors. The mask stays the array it was decoded to: wrapping
@@ -114,6 +115,31 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{self.samples[index].image}: split '{self.split}' has no masks")
         return check_label_range(self.read_mask(path), self.num_classes, self.IGNORE_INDEX, path)
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of image ``index`` from its file header, without decoding it (cheap for a whole split)."""
+        if type(self).load_image is not SegmentationDataset.load_image:  # generated in memory (synthetic)
+            return self.load_image(index).size
+        return _header_size(self.samples[index].image)
+
+    def mask_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of mask ``index``: from the header of an image file, else by reading it (SBD's ``.mat``)."""
+        path = self.samples[index].mask
+        if path is None:
+            raise DataError(f"{self.samples[index].image}: split '{self.split}' has no masks")
+        if type(self).load_mask is not SegmentationDataset.load_mask or path.suffix.lower() not in _IMAGE_SUFFIXES:
+            height, width = self.load_mask(index).shape
+            return width, height
+        return _header_size(path)
+
+    def checked_mask(self, index: int) -> np.ndarray:
+        """Class ids of sample ``index``, or the :class:`DataError` training would raise for it (unreadable, out
+        of range, not its image's size), found without decoding the image (class counts, ``python -m semseg.loaders``)."""
+        ids = self.load_mask(index)
+        width, height = self.image_size(index)
+        if ids.shape != (height, width):
+            raise DataError(f"{self.samples[index].mask}: mask is {ids.shape[1]}×{ids.shape[0]} but its image is {width}×{height}")
+        return ids
+
     def load_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """RGB PIL image and H×W uint8 class ids of the same size (all-ignore when withheld)."""
         image = self.load_image(index)
@@ -198,6 +224,16 @@ def _open(path: Path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
     return image
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
 def _to_tensors(image: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
