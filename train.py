@@ -22,34 +22,33 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from semseg.build import build_model, check_loss, init_from_checkpoint, new_run_dir, resolve_device
-from semseg.checkpoint import (FORMAT_VERSION, load_checkpoint, load_model_state, prune_epoch_checkpoints,
-                               remove_stale_temp_files, rng_state, save_atomic, set_rng_state)  # fmt: skip
+from semseg.build import build_model, check_loss, init_from_checkpoint, resolve_device
+from semseg.checkpoint import check_resumable, load_checkpoint, prune_epoch_checkpoints, remove_stale_temp_files
 from semseg.cli import run_script
-from semseg.config import Config, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
+from semseg.config import Config, apply_overrides, config_from_dict, dump_config, load_config
 from semseg.data import make_loaders, set_epoch
-from semseg.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object, check_sync_bn, cleanup,
-                                device_for, gather_objects, init_distributed, peer_lost)  # fmt: skip
-from semseg.engine import Stepper, TrainState, build_ema, evaluate, train_one_epoch
-from semseg.errors import CheckpointError, ConfigError, writing
+from semseg.distributed import (DistContext, all_reduce_sum, broadcast_object, check_sync_bn, cleanup, device_for,
+                                init_distributed, peer_lost)  # fmt: skip
+from semseg.engine import Stepper, TrainState, build_ema, train_one_epoch
+from semseg.errors import ConfigError, writing
 from semseg.loaders import SegmentationDataset
-from semseg.losses import build_criterion, class_pixel_counts, class_weights
+from semseg.losses import build_criterion
 from semseg.metrics import format_table
 from semseg.optim import build_optimizer, lr_factor
 from semseg.precision import resolve_precision, with_precision
+from semseg.runfolder import NewRunFolder, check_resume_folder
 from semseg.runlog import trim_metrics_log
 from semseg.sinks import LiveLog, build_live_log, new_env_name
 from semseg.sinks.tensorboard import check_available as check_tensorboard
 from semseg.stop import StopRequest
 from semseg.threads import apply_budget
-from semseg.visualize import colorize, denormalize
+from semseg.training import checkpoint_dict, class_stats, loss_weights, preflight, restore_training, save, validate_and_save
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "synthetic_tiny.yml")
 logger = logging.getLogger("train")
@@ -68,10 +67,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, Optional[str], Opt
     overrides = list(args.set) + ([f"train.resume={args.resume}"] if args.resume else [])
     if args.config is None and args.resume:
         ckpt = load_checkpoint(args.resume)
+        check_resumable(ckpt, args.resume)
         return config_from_dict(apply_overrides(ckpt["config"], overrides), f"{args.resume} (stored config)"), None, ckpt
     path = args.config or DEFAULT_CONFIG
     cfg = load_config(path, overrides)
     ckpt = load_checkpoint(cfg.train.resume) if cfg.train.resume else None
+    if ckpt is not None:
+        check_resumable(ckpt, cfg.train.resume)
     return cfg, path, ckpt
 
 
@@ -81,34 +83,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def loss_weights(cfg: Config, probe: SegmentationDataset, run_dir: Path) -> Optional[torch.Tensor]:
-    """Class weights from the training split's pixel counts, cached in the run folder."""
-    if cfg.loss.class_weights == "none":
-        return None
-    cache = run_dir / "class_stats.json"
-    if cache.is_file():
-        stats = json.loads(cache.read_text())
-    else:
-        logger.info("counting class pixels over %d training masks for %s weights", len(probe), cfg.loss.class_weights)
-        counts, image_pixels = class_pixel_counts(probe)
-        stats = {"classes": list(probe.CLASSES), "counts": counts.tolist(), "image_pixels": image_pixels.tolist()}
-        with writing(cache):
-            cache.write_text(json.dumps(stats, indent=1))
-    weights = class_weights(cfg.loss.class_weights, np.array(stats["counts"]), np.array(stats["image_pixels"]))
-    logger.info("class weights (%s): %s", cfg.loss.class_weights, ", ".join(f"{w:.2f}" for w in weights.tolist()))
-    return weights
-
-
-def show_images(live: LiveLog, kept: list, probe: SegmentationDataset, cfg: Config, state: TrainState) -> None:
-    rows = []
-    for image, truth, pred in kept:
-        rows += [denormalize(image.numpy(), cfg.augment.mean, cfg.augment.std),
-                 colorize(truth.numpy(), probe.PALETTE), colorize(pred.numpy(), probe.PALETTE)]  # fmt: skip
-    if rows:
-        caption = f"epoch {state.epoch}: image / truth / prediction"
-        live.images("val_images", np.stack(rows).transpose(0, 3, 1, 2), caption, state.iteration)
 
 
 def with_visdom_env(cfg: Config, run_dir: Path, ckpt: Optional[dict]) -> Config:
@@ -141,57 +115,6 @@ def build_stepper(cfg: Config, probe: SegmentationDataset, device: torch.device,
     return Stepper(model, raw, torch.nn.Identity(), build_optimizer(cfg.optim, raw), device, cfg.train, ctx, scaler, ema)
 
 
-def restore_training(stepper: Stepper, ckpt: dict, path: str, ctx: DistContext) -> TrainState:
-    """Weights, optimiser, grad scaler, EMA, progress and this rank's RNG state from ``ckpt``."""
-    load_model_state(stepper.raw, ckpt["model"], path)
-    stepper.optimizer.load_state_dict(ckpt["optimizer"])
-    if stepper.scaler is not None and ckpt.get("scaler"):
-        stepper.scaler.load_state_dict(ckpt["scaler"])
-    if stepper.ema is not None:
-        if ckpt.get("ema") is None:
-            raise CheckpointError(f"{path}: train.ema is on but the checkpoint holds no EMA weights")
-        stepper.ema.load_state_dict(ckpt["ema"])
-    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
-    set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
-    logger.info("resumed %s at epoch %d, iteration %d", path, ckpt["state"]["epoch"], ckpt["state"]["iteration"])
-    return TrainState(**ckpt["state"])
-
-
-def checkpoint_dict(stepper: Stepper, state: TrainState, cfg: Config, probe: SegmentationDataset, metrics: Optional[dict], ctx: DistContext) -> dict:
-    rng_ranks = gather_objects(rng_state(), ctx)  # every rank's, so a resume restores each one's own
-    return {
-        "format_version": FORMAT_VERSION, "model": stepper.raw.state_dict(), "optimizer": stepper.optimizer.state_dict(),
-        "ema": stepper.ema.state_dict() if stepper.ema is not None else None,
-        "scaler": stepper.scaler.state_dict() if stepper.scaler is not None else None,
-        "state": dataclasses.asdict(state), "config": config_to_dict(cfg), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
-        "classes": list(probe.CLASSES), "palette": [list(c) for c in probe.PALETTE],
-        "ignore_index": probe.IGNORE_INDEX, "dataset": cfg.data.name, "metrics": metrics,
-    }  # fmt: skip
-
-
-def save(checkpoint: dict, run_dir: Path, ctx: DistContext, *names: str) -> None:
-    """Rank 0 writes (atomically); the others wait, so no rank runs ahead of a checkpoint."""
-    if ctx.is_main:
-        for name in names:
-            save_atomic(checkpoint, run_dir / name)
-    barrier(ctx)
-
-
-def validate_epoch(cfg: Config, state: TrainState, stepper: Stepper, val_loader: DataLoader, probe: SegmentationDataset,
-                   live: LiveLog, log: Callable[[dict], None]) -> dict:  # fmt: skip
-    """Score the val split (with the EMA weights when on), log and plot it; the confusion is summed over ranks."""
-    model = stepper.ema.module if stepper.ema is not None else stepper.model
-    confusion, kept = evaluate(model, val_loader, probe.num_classes, probe.IGNORE_INDEX, stepper.device,
-                               cfg.log.num_val_images, cfg.infer, cfg.train.amp)  # fmt: skip
-    metrics = confusion.all_reduce().compute()
-    iou = dict(zip(probe.CLASSES, metrics["iou"]))
-    log({"type": "val", "epoch": state.epoch, "iteration": state.iteration, **{k: v for k, v in metrics.items() if k != "iou"}, "iou": iou})
-    logger.info("epoch %d: val mIoU %.2f%%, pixel acc %.2f%%%s", state.epoch, 100 * metrics["miou"],
-                100 * metrics["pixel_acc"], " (EMA weights)" if stepper.ema is not None else "")  # fmt: skip
-    show_images(live, kept, probe, cfg, state)
-    return metrics
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     return run_script(train, parse_args(argv))
 
@@ -199,14 +122,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 def train(args: argparse.Namespace) -> int:
     cfg, config_path, ckpt = resolve_config(args)
     ctx = init_distributed(cfg.train.device)
+    folder = NewRunFolder()
     try:
-        return fit(cfg, config_path, ckpt, ctx)
+        return fit(cfg, config_path, ckpt, ctx, folder)
     except RuntimeError as exc:
         lost = peer_lost(exc, ctx)
         if lost is None:
             raise
         raise lost from None
     finally:
+        folder.discard_unless_started()  # a setup that failed leaves no folder (and the next run keeps its name)
         cleanup(ctx)
 
 
@@ -215,7 +140,7 @@ def close_run_file(f: Any, path: Path) -> None:
         f.close()
 
 
-def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: DistContext) -> int:
+def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: DistContext, folder: NewRunFolder) -> int:
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone reports
     seed_everything(cfg.train.seed + ctx.rank, cfg.train.deterministic)  # initial weights are rank 0's (DDP broadcasts)
@@ -228,22 +153,27 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
     stepper = build_stepper(cfg, probe, device, ctx, resuming=ckpt is not None)
     state = restore_training(stepper, ckpt, cfg.train.resume, ctx) if ckpt is not None else TrainState()
     run_dir = Path(cfg.train.resume).resolve().parent if ckpt is not None else None
+    if ckpt is not None:
+        check_resume_folder(cfg.train.resume, state.iteration)  # never over files it did not write, or a later last.pt
     check_loss(cfg.loss)  # a bad loss name or parameter fails before a run folder exists
     if cfg.log.tensorboard:
         check_tensorboard()
+    steps_per_epoch = len(train_loader) // cfg.train.accumulate
+    if steps_per_epoch < 1:
+        raise ConfigError(f"train.accumulate: {cfg.train.accumulate} micro-batches per step, but an epoch has {len(train_loader)}")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the probes draw no random numbers of the run
+        preflight(cfg, stepper, probe, train_loader, val_loader, ctx)
+    stats = class_stats(cfg, probe, run_dir) if ctx.is_main else None
     if ctx.is_main:
-        run_dir = run_dir or new_run_dir(cfg, config_path)
+        run_dir = run_dir or folder.make(cfg, config_path)
         cfg = with_visdom_env(cfg, run_dir, ckpt)
         remove_stale_temp_files(run_dir)  # what a kill -9 mid-save left behind
         if ckpt is not None:
             trim_metrics_log(run_dir / "metrics.jsonl", state.iteration)
         with writing(run_dir / "config.yml"):
             (run_dir / "config.yml").write_text(dump_config(cfg))
-    weights = broadcast_object(loss_weights(cfg, probe, run_dir) if ctx.is_main else None, ctx)
+    weights = broadcast_object(loss_weights(cfg, stats, run_dir) if ctx.is_main else None, ctx)
     stepper.criterion = build_criterion(cfg.loss, probe.IGNORE_INDEX, weights).to(device)
-    steps_per_epoch = len(train_loader) // cfg.train.accumulate
-    if steps_per_epoch < 1:
-        raise ConfigError(f"train.accumulate: {cfg.train.accumulate} micro-batches per step, but an epoch has {len(train_loader)}")
     total_iters = cfg.train.epochs * steps_per_epoch
     lr_at = lambda it: cfg.optim.lr * lr_factor(it, total_iters, steps_per_epoch, cfg.schedule)  # noqa: E731
     live = build_live_log(cfg.log, run_dir, cfg.optim.lr, state.iteration if ckpt is not None else None) if ctx.is_main else LiveLog([])
@@ -272,6 +202,9 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
             live.record(record)
 
         metrics: Optional[dict] = ckpt.get("metrics") if ckpt is not None else None
+        folder.started = True
+        if state.val_pending:  # stopped while validating: the epoch's weights were saved, its score was not
+            metrics = validate_and_save(cfg, state, stepper, (val_loader, probe), live, log, run_dir, ctx)
         while state.epoch < cfg.train.epochs:
             start = time.time() - state.epoch_seconds
             set_epoch(train_loader, state.epoch, state.step_in_epoch * cfg.train.accumulate * cfg.data.batch_size)
@@ -286,21 +219,20 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
                  "seconds": round(time.time() - start, 2), "non_finite_steps": state.non_finite_steps,
                  "skipped_samples": getattr(train_loader.dataset.dataset, "skipped", 0)})  # fmt: skip
             logger.info("epoch %d/%d: loss %.4f (%.1fs)", state.epoch, cfg.train.epochs, mean_loss, time.time() - start)
-            is_best = False
-            if state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.epochs:
-                metrics = validate_epoch(cfg, state, stepper, val_loader, probe, live, log)
-                is_best = metrics["miou"] > state.best_miou
-                state.best_miou = max(state.best_miou, metrics["miou"])
-            # last.pt is written last: a run killed between two saves resumes before this epoch and redoes it all
-            names = (["best.pt"] if is_best else []) + ([f"epoch_{state.epoch:04d}.pt"] if cfg.train.keep_last else []) + ["last.pt"]
+            state.val_pending = state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.epochs
+            # saved before validating, so a validation that fails loses no training; last.pt is written last:
+            # a run killed between two saves resumes before this epoch and redoes it all
+            names = ([f"epoch_{state.epoch:04d}.pt"] if cfg.train.keep_last else []) + ["last.pt"]
             save(checkpoint_dict(stepper, state, cfg, probe, metrics, ctx), run_dir, ctx, *names)
+            if state.val_pending:
+                metrics = validate_and_save(cfg, state, stepper, (val_loader, probe), live, log, run_dir, ctx)
             if ctx.is_main and cfg.train.keep_last:
                 prune_epoch_checkpoints(run_dir, cfg.train.keep_last)
     if not ctx.is_main:
         return 0
     if metrics is not None:
         print(format_table(metrics, probe.CLASSES, title=f"{cfg.model.name} on {cfg.data.name} {cfg.data.val_split}, epoch {state.epoch}"))
-    print(f"run folder: {run_dir} (best val mIoU {100 * state.best_miou:.2f}%)")
+    print(f"run folder: {run_dir} ({f'best val mIoU {100 * state.best_miou:.2f}%' if state.best_miou >= 0 else 'not validated'})")
     return 0
 
 

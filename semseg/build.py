@@ -46,14 +46,20 @@ def check_loss(cfg: LossConfig) -> None:
     build_criterion(cfg, ignore_index=255, weight=weight)
 
 
-def new_run_dir(cfg: Config, config_path: Optional[str]) -> Path:
-    """``<run_dir>/<name>``; never reuses a folder that already holds a run (adds -2, -3, …)."""
+def next_run_dir(cfg: Config, config_path: Optional[str]) -> Path:
+    """``<run_dir>/<name>``, or ``<name>-2``, ``-3``, … : the first that is missing or empty."""
     name = cfg.log.name or (Path(config_path).stem if config_path else "run")
     base = Path(cfg.log.run_dir) / name
     path, n = base, 1
-    while path.exists() and any(path.iterdir()):
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def new_run_dir(cfg: Config, config_path: Optional[str]) -> Path:
+    """Create :func:`next_run_dir`; never reuses a folder that already holds a run (adds -2, -3, …)."""
+    path = next_run_dir(cfg, config_path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

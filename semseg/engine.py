@@ -71,6 +71,7 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # of those steps, so the epoch's mean loss survives a resume
     non_finite_in_a_row: int = 0
     epoch_seconds: float = 0.0  # wall time of the unfinished epoch before a stop, so its record counts it all
+    val_pending: bool = False  # the epoch is saved but its validation has not finished: a resume validates first
 
 
 @dataclass
