@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from PIL import Image, ImageSequence
@@ -179,15 +179,45 @@ def count_of(path: Path, every: int) -> Optional[int]:
     return 1
 
 
-def images(args: argparse.Namespace, cfg: Config) -> tuple[Optional[int], Iterator[tuple[str, Image.Image]]]:
-    """How many images (None: unknown), and a lazy stream of (name, image); input errors surface here, before any work."""
+def images(args: argparse.Namespace, cfg: Config) -> tuple[Optional[int], list[str], Iterator[tuple[str, Image.Image]]]:
+    """How many images (None: unknown), the output names known up front (every still image's), and a lazy
+    stream of (name, image). Input errors surface here, before any work: each still image's header is read."""
     if args.split:
         dataset = build_dataset(cfg.data, args.split)
-        return len(dataset), ((s.image.stem, dataset.load_image(i)) for i, s in enumerate(dataset.samples))
+        for i in range(len(dataset)):
+            dataset.image_size(i)  # a file that is no image fails now, not after half the predictions
+        names = [s.image.stem for s in dataset.samples]
+        return len(dataset), names, ((name, dataset.load_image(i)) for i, name in enumerate(names))
     paths = image_paths(args.input)
     counts = [count_of(p, args.every) for p in paths]
+    stills = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES | {".gif"}]
+    for path in stills:
+        header_of(path)
     total = None if None in counts else sum(counts)
-    return total, (item for p in paths for item in frames_of(p, args.every))
+    return total, [p.stem for p in stills], (item for p in paths for item in frames_of(p, args.every))
+
+
+def header_of(path: Path) -> None:
+    """Open ``path`` as an image (header only), or a one-line error naming it."""
+    try:
+        with Image.open(path):
+            pass
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+def check_names(out: Path, kinds: list[str], names: list[str]) -> None:
+    """Two inputs with one output name, or an output file already there: refused before anything is written."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{name}: two inputs would both be written as {out / kinds[-1] / name}.png; rename one")
+        seen.add(name)
+        clash = next((out / kind / f"{name}.png" for kind in kinds if (out / kind / f"{name}.png").exists()), None)
+        if clash is not None:
+            raise DataError(f"{clash}: exists (earlier predictions?); nothing was overwritten: pass another --out")
 
 
 def prepare_out(out: Path, kinds: list[str]) -> None:
@@ -204,7 +234,10 @@ def prepare_out(out: Path, kinds: list[str]) -> None:
 
 
 def save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG via a temporary file + rename: a failure (disk full) leaves no truncated PNG behind."""
+    """Write a PNG via a temporary file + rename: a failure (disk full) leaves no truncated PNG behind.
+    A file already there (a video frame's name, known only once decoded) is never replaced."""
+    if path.exists():
+        raise DataError(f"{path}: exists (earlier predictions?); not overwritten: pass another --out")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         image.save(tmp, format="PNG")
@@ -223,22 +256,42 @@ def run(args: argparse.Namespace) -> int:
     palette = [tuple(c) for c in ckpt["palette"]]
     out = Path(args.out)
     kinds = ["color", "overlay", "ids"] + (["confidence"] if args.confidence else [])
-    total, stream = images(args, cfg)  # bad inputs fail here, before the output folder is made
+    total, names, stream = images(args, cfg)  # bad inputs fail here, before the output folder is made
+    check_names(out, kinds, names)
     prepare_out(out, kinds)
-    count = 0
-    for name, image in tqdm(stream, total=total, desc="predict", dynamic_ncols=True, disable=None):
-        with autocast(device, precision.amp):
-            ids, confidence = predict_image(model, image, cfg.augment, device, cfg.infer)
-        ids_np = ids.numpy().astype(np.uint8)
-        colors = colorize(ids_np, palette)
-        save_png(Image.fromarray(ids_np, mode="L"), out / "ids" / f"{name}.png")
-        save_png(Image.fromarray(colors, mode="RGB"), out / "color" / f"{name}.png")
-        save_png(overlay(image, colors), out / "overlay" / f"{name}.png")
-        if args.confidence:
-            save_png(Image.fromarray((confidence.numpy() * 255).round().astype(np.uint8), mode="L"), out / "confidence" / f"{name}.png")
-        count += 1
-    print(f"wrote {count} predictions to {out}/ ({', '.join(kinds)}; inference: {describe(cfg.infer)})")
+    written: list[str] = []
+    done: set[str] = set()
+    try:
+        for name, image in tqdm(stream, total=total, desc="predict", dynamic_ncols=True, disable=None):
+            if name in done:  # two frames or GIFs named alike: the count must stay what is on disk
+                raise DataError(f"{name}: a second input would be written as {out / 'ids' / name}.png; rename one")
+            with autocast(device, precision.amp):
+                ids, confidence = predict_image(model, image, cfg.augment, device, cfg.infer)
+            write_prediction(out, name, image, ids.numpy().astype(np.uint8), confidence if args.confidence else None, palette)
+            written.append(name)
+            done.add(name)
+    except DataError as exc:
+        raise DataError(f"{exc}; {report_written(out, written)}") from None
+    print(f"wrote {len(written)} predictions to {out}/ ({', '.join(kinds)}; inference: {describe(cfg.infer)})")
     return 0
+
+
+def write_prediction(out: Path, name: str, image: Image.Image, ids: np.ndarray, confidence: Optional[Any], palette: list) -> None:
+    """ids/, color/, overlay/ (and confidence/) PNGs of one image; ids/ last, so a name in ids/ is a whole prediction."""
+    colors = colorize(ids, palette)
+    save_png(Image.fromarray(colors, mode="RGB"), out / "color" / f"{name}.png")
+    save_png(overlay(image, colors), out / "overlay" / f"{name}.png")
+    if confidence is not None:
+        save_png(Image.fromarray((confidence.numpy() * 255).round().astype(np.uint8), mode="L"), out / "confidence" / f"{name}.png")
+    save_png(Image.fromarray(ids, mode="L"), out / "ids" / f"{name}.png")
+
+
+def report_written(out: Path, written: list[str]) -> str:
+    """Exactly which predictions a run that stopped part-way left on disk."""
+    if not written:
+        return "no prediction was written"
+    listed = ", ".join(written) if len(written) <= 5 else f"{', '.join(written[:2])} … {written[-1]}"
+    return f"{len(written)} prediction(s) were written before it, to {out}/ (in input order: {listed})"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

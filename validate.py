@@ -44,6 +44,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def is_metrics_file(path: Path) -> bool:
+    """A JSON record this script wrote (an earlier score of a checkpoint), the one kind of file --out may replace."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and {"miou", "split", "checkpoint", "confusion"} <= record.keys()
+
+
 def validate(args: argparse.Namespace) -> int:
     model, cfg, ckpt = restore(args.checkpoint, args.set + infer_overrides(args), args.config)
     check_infer(cfg.infer)
@@ -52,6 +61,8 @@ def validate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".{split}.json")
     if out.is_dir():
         raise DataError(f"{out}: is a folder; --out takes the metrics file's path")
+    if out.exists() and not is_metrics_file(out):
+        raise DataError(f"{out}: exists and is not a metrics file validate.py wrote; not overwritten: pass another --out")
     writable_dir(out.parent, "metrics folder")  # before the evaluation, not after it
     dataset = build_dataset(cfg.data, split, eval_transforms(cfg.augment))
     if not dataset.has_masks:
