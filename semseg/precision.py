@@ -54,6 +54,10 @@ CPU_FAST_PATH: dict[str, Optional[float]] = {
     "refinenet": 2.05,  # refinenet50 2.05x, refinenet_lw50 2.22x (the smaller one recorded)
     "duc": 2.06,
     "pspnet": 1.77,
+    "deeplabv2": None,  # the second wave (issue 17): fp32 on CPU until bench/models.py --fast-path-only measures them
+    "deeplabv3": None,
+    "deeplabv3plus": None,
+    "espnet": None,
 }
 
 
