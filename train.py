@@ -169,7 +169,7 @@ def fit(cfg: Config, config_path: Optional[str], ckpt: Optional[dict], ctx: Dist
         cfg = with_visdom_env(cfg, run_dir, ckpt)
         remove_stale_temp_files(run_dir)  # what a kill -9 mid-save left behind
         if ckpt is not None:
-            trim_metrics_log(run_dir / "metrics.jsonl", state.iteration)
+            trim_metrics_log(run_dir / "metrics.jsonl", state.iteration, revalidate=state.val_pending)
         with writing(run_dir / "config.yml"):
             (run_dir / "config.yml").write_text(dump_config(cfg))
     weights = broadcast_object(loss_weights(cfg, stats, run_dir) if ctx.is_main else None, ctx)

@@ -53,8 +53,10 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: {exc}") from None  # e.g. "Expecting property name … line 1 column 2"
 
 
-def trim_metrics_log(path: Path, iteration: int) -> int:
+def trim_metrics_log(path: Path, iteration: int, revalidate: bool = False) -> int:
     """Drop the records logged after ``iteration`` (the checkpoint a resume starts from); returns how many.
+    With ``revalidate`` (a checkpoint saved before its validation finished) the validation record at
+    ``iteration`` goes too: the resume validates that epoch again.
 
     A run killed between a log write and its next checkpoint logged steps that the resume
     redoes; without this they would appear twice. Rewritten through a temporary file.
@@ -62,7 +64,11 @@ def trim_metrics_log(path: Path, iteration: int) -> int:
     if not path.is_file():
         return 0
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["iteration"] <= iteration]
+    def keep(record: dict[str, Any]) -> bool:
+        at = record["iteration"]
+        return at < iteration or (at == iteration and not (revalidate and record["type"] == "val"))
+
+    kept = [line for line in lines if line.strip() and keep(json.loads(line))]
     if len(kept) < len(lines):
         tmp = path.with_name(path.name + ".tmp")
         with writing(path):

@@ -20,6 +20,7 @@ import train
 import validate
 from semseg.checkpoint import load_checkpoint, save_atomic
 from semseg.errors import ConfigError
+from semseg.runlog import trim_metrics_log
 from tests.conftest import REPO, load_script, one_line_error
 from tests.fixtures.camvid import build_camvid
 from tests.test_reliability_inputs import camvid_recipe, files_under
@@ -276,3 +277,15 @@ def test_dataset_check_exits_2_on_a_mask_of_the_wrong_size(camvid: Path) -> None
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"       val: 2 images, 2 masks; bad mask — {bad}: mask is 16×12 but its image is 32×24" in result.stdout.splitlines()
     assert result.stderr.strip() == "error: 1 problem(s) reported above"
+
+
+def test_a_resume_that_revalidates_drops_the_validation_record_it_redoes(tmp_path: Path) -> None:
+    """Killed after logging a validation but before saving its score: the resume validates again, logged once."""
+    log = tmp_path / "metrics.jsonl"
+    records = [{"type": "train", "iteration": 2}, {"type": "epoch", "iteration": 4}, {"type": "val", "iteration": 4},
+               {"type": "train", "iteration": 6}]  # fmt: skip
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert trim_metrics_log(log, 4, revalidate=True) == 2
+    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:2]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert trim_metrics_log(log, 4) == 1  # a checkpoint with its score: the validation record stays
