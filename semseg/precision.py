@@ -58,6 +58,10 @@ CPU_FAST_PATH: dict[str, Optional[float]] = {
     "deeplabv3": None,
     "deeplabv3plus": None,
     "espnet": None,
+    "upernet": None,
+    "denseaspp": None,
+    "psanet": None,
+    "ocnet": None,
 }
 
 
