@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from semseg.errors import ConfigError, SemsegError
+from semseg.errors import ConfigError, DataError, SemsegError
 from semseg.loaders import SegmentationDataset
 
 _BN_ONE_VALUE = "Expected more than 1 value per channel when training"
@@ -26,13 +26,20 @@ def check_batchable(dataset: SegmentationDataset, batch: int, resized: bool, key
     (``resized`` False), every image of the split must have the first one's size (file headers only)."""
     if batch <= 1 or resized or len(dataset) < 2:
         return
-    first = dataset.image_size(0)
-    for i in range(1, len(dataset)):
-        size = dataset.image_size(i)
-        if size != first:
+    first = None
+    for i in range(len(dataset)):
+        try:
+            size = dataset.image_size(i)
+        except DataError:
+            if dataset.on_error == "skip":  # training will log, count and replace it, as for any unreadable sample
+                continue
+            raise
+        if first is None:
+            first, first_index = size, i
+        elif size != first:
             raise ConfigError(
                 f"{key}: {batch} images per batch, but split '{dataset.split}' mixes sizes "
-                f"({dataset.samples[0].image.name} is {first[0]}×{first[1]}, {dataset.samples[i].image.name} "
+                f"({dataset.samples[first_index].image.name} is {first[0]}×{first[1]}, {dataset.samples[i].image.name} "
                 f"{size[0]}×{size[1]}); set {fix} or {key}=1"
             )
 

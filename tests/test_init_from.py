@@ -15,7 +15,9 @@ from tests.fixtures.checkpoints import write_checkpoint
 from tests.test_pipeline import records, run_train
 
 SMALL = ["train.epochs=1", "data.params.num_images={train: 8, val: 2, test: 1}"]
-FROZEN = ["optim.lr=0.0", "optim.weight_decay=0.0"]  # a run that cannot move its weights
+# A run that barely moves its weights (plain SGD at lr 1e-9: under 1e-7 per weight over its two steps;
+# lr 0 itself is refused by the config schema, issue 16)
+FROZEN = ["optim.name=sgd", "optim.momentum=0.0", "optim.lr=1.0e-9", "optim.weight_decay=0.0"]
 
 
 def params(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
@@ -32,10 +34,10 @@ def test_new_run_starts_from_the_validated_weights_with_fresh_progress(tmp_path:
     start = params(first / "last.pt", "ema" if ema else "model")  # the EMA weights are what was validated
     trained, fresh = torch.load(second / "last.pt", weights_only=False)["model"], params(scratch / "last.pt")
     model = build_model(config_from_dict({"model": {"name": "enet"}, "data": {"name": "synthetic"}}).model, 6)
-    names = [n for n, _ in model.named_parameters()]  # BN running statistics move even at lr 0
+    names = [n for n, _ in model.named_parameters()]  # BN running statistics move whatever the lr
     for name in names:
-        assert torch.equal(trained[name], start[name]), name
-    assert any(not torch.equal(fresh[n], start[n]) for n in names)  # not a coincidence of seeds
+        torch.testing.assert_close(trained[name], start[name], rtol=0, atol=1e-6, msg=name)
+    assert any((fresh[n] - start[n]).abs().max() > 1e-3 for n in names)  # not a coincidence of seeds
     assert [e["epoch"] for e in records(second, "epoch")] == [1]  # its own epoch count, fresh best
     ckpt = torch.load(second / "last.pt", weights_only=False)
     assert ckpt["state"]["iteration"] == 2 and ckpt["config"]["train"]["init_from"] == str(first / "last.pt")
