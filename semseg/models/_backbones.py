@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -145,3 +145,12 @@ def set_block_dilation(layer: nn.Sequential, rates: Sequence[int]) -> None:
     for block, rate in zip(layer, rates, strict=True):
         block.conv2.dilation = (rate, rate)
         block.conv2.padding = (rate, rate)
+
+
+def dilate_stages(backbone: nn.Module, rates: Mapping[str, int]) -> None:
+    """One dilation rate for every block of each named stage (``{"layer3": 2, "layer4": 4}``: the
+    uniform output-stride-8 trunk of PSPNet, PSANet, OCNet and DeepLab v2, where torchvision's
+    ``replace_stride_with_dilation`` would give each stage's first block the previous rate)."""
+    for name, rate in rates.items():
+        layer = getattr(backbone, name)
+        set_block_dilation(layer, [rate] * len(layer))

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, load_pretrained, set_block_dilation
+from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages, load_pretrained
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
@@ -144,9 +144,7 @@ class DeepLabV2ResNet(nn.Module):
         super().__init__()
         self.align_corners = align_corners
         self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
-        for name, rate in DILATION.items():
-            layer = getattr(self.backbone, name)
-            set_block_dilation(layer, [rate] * len(layer))
+        dilate_stages(self.backbone, DILATION)
         self.aspp = ASPPSum(self.backbone.channels["layer4"], num_classes, rates)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, set_block_dilation
+from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
@@ -158,9 +158,7 @@ class OCNet(nn.Module):
             raise ConfigError(f"model.params.head: one of {', '.join(self.HEADS)}, got {head!r}")
         self.align_corners = align_corners
         self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
-        for name, rate in DILATION.items():
-            layer = getattr(self.backbone, name)
-            set_block_dilation(layer, [rate] * len(layer))
+        dilate_stages(self.backbone, DILATION)
         c4, c3 = self.backbone.channels["layer4"], self.backbone.channels["layer3"]
         self.context = {"base": lambda: BaseOC(c4, zero_init), "pyramid": lambda: PyramidOC(c4, sizes, zero_init),
                         "asp": lambda: ASPOC(c4, rates, zero_init)}[head]()

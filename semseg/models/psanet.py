@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, set_block_dilation
+from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
@@ -117,9 +117,7 @@ class PSANet(nn.Module):
             raise ConfigError(f"model.params.dropout: must be in [0, 1), got {dropout}")
         self.align_corners = align_corners
         self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
-        for name, rate in DILATION.items():
-            layer = getattr(self.backbone, name)
-            set_block_dilation(layer, [rate] * len(layer))
+        dilate_stages(self.backbone, DILATION)
         channels = self.backbone.channels
         self.psa = PSA(channels["layer4"], psa_type, mask_size)
         self.head = _head(self.psa.out_channels, 512, num_classes, dropout)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, load_pretrained, set_block_dilation
+from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages, load_pretrained
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
@@ -123,9 +123,7 @@ class PSPNet(nn.Module):
             self.backbone: ResNetFeatures = DeepStemResNet(depth, pretrained_backbone)
         else:
             self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
-        for name, rate in DILATION.items():
-            layer = getattr(self.backbone, name)
-            set_block_dilation(layer, [rate] * len(layer))
+        dilate_stages(self.backbone, DILATION)
         channels = self.backbone.channels
         self.ppm = PyramidPooling(channels["layer4"], BINS, align_corners)
         self.head = _head(self.ppm.out_channels, 512, num_classes, dropout)
