@@ -23,7 +23,7 @@
 ``--fast-path`` also times each model's training step (and forward) twice, interleaved in the
 same run with the same weights and input: fp32/NCHW (today's default without ``auto``) and the
 fast path, bf16 autocast + channels_last (fp16 on a CUDA GPU without bf16), and reports
-fast/fp32 speed-ups. These ratios are what ``semseg/precision.py`` ``CPU_FAST_PATH`` records.
+fast/fp32 speed-ups. These ratios are what each family file records as ``CPU_BF16_SPEEDUP`` (read by ``semseg/precision.py``).
 
 ``--peers`` times our models against their reference implementations in the same
 run, interleaved (ours, theirs, ours, …) so both see the same load, with the same

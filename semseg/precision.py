@@ -7,8 +7,8 @@ here, once, in train.py, validate.py and test.py alike, and the scripts log it i
 - CUDA: bf16 autocast where the GPU supports it (Ampere and newer), else fp16 with a gradient
   scaler; channels_last with either (the tensor-core convolutions of cuDNN are NHWC).
 - CPU with native bf16 (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo): bf16 autocast +
-  channels_last for the model families in :data:`CPU_FAST_PATH`, where ``bench/models.py``
-  measured the fast path faster than fp32/NCHW on this project's machines; fp32 for the others.
+  channels_last for the model families whose file records ``CPU_BF16_SPEEDUP`` ≥ FAST_ENOUGH, where
+  ``bench/models.py`` measured the fast path faster than fp32/NCHW on this project's machines; fp32 for the others.
 - Anything else: fp32, NCHW.
 
 Only the forward runs under autocast: the weights stay fp32 (autocast casts per op), and the
@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -35,34 +36,22 @@ logger = logging.getLogger(__name__)
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
-# Per model family (the file in semseg/models/): train-step speed-up of bf16 autocast + channels_last
-# over fp32/NCHW, measured interleaved in one run (same weights, same input) of
+# Each model family's file (semseg/models/<family>.py) holds its own measured train-step speed-up of
+# bf16 autocast + channels_last over fp32/NCHW, ``CPU_BF16_SPEEDUP``, so a new family touches one file.
+# The ratios come interleaved from one run (same weights, same input) of
 #   python bench/models.py --models enet erfnet linknet fcn8s fcdensenet56 drn_d_22 --sizes 240x320 --batch 2 \
 #       --threads 2 --repeat 3 --warmup 1 --fast-path-only
-# on this project's 2-core AMD EPYC (avx512_bf16, no AMX), torch 2.14, issue 14 (doc/benchmarks.md);
-# refinenet, duc and pspnet from the same command with --models refinenet_lw50 refinenet50 pspnet50 duc_hdc_resnet50.
-# A family takes the fast path when it measured at least FAST_ENOUGH; None = not measured yet,
-# so it stays fp32 until someone measures it (the bench run above, one model of the family).
+# on this project's 2-core AMD EPYC (avx512_bf16, no AMX), torch 2.14 (doc/benchmarks.md), one model per family.
+# A family takes the fast path when it measured at least FAST_ENOUGH; None (or no constant) = not measured
+# yet, so it stays fp32 until someone measures it.
 FAST_ENOUGH = 1.10
-CPU_FAST_PATH: dict[str, Optional[float]] = {
-    "enet": 1.31,
-    "erfnet": 1.60,
-    "linknet": 1.74,
-    "fcn": 2.10,
-    "fcdensenet": 1.59,
-    "drn": 1.31,
-    "refinenet": 2.05,  # refinenet50 2.05x, refinenet_lw50 2.22x (the smaller one recorded)
-    "duc": 2.06,
-    "pspnet": 1.77,
-    "deeplabv2": None,  # the second wave (issue 17): fp32 on CPU until bench/models.py --fast-path-only measures them
-    "deeplabv3": None,
-    "deeplabv3plus": None,
-    "espnet": None,
-    "upernet": None,
-    "denseaspp": None,
-    "psanet": None,
-    "ocnet": None,
-}
+SPEEDUP_ATTRIBUTE = "CPU_BF16_SPEEDUP"
+
+
+def cpu_speedup(model_name: str) -> Optional[float]:
+    """The family's measured CPU fast-path ratio (``CPU_BF16_SPEEDUP`` in its file), or None."""
+    module = sys.modules[MODELS.get(model_name).__module__]
+    return getattr(module, SPEEDUP_ATTRIBUTE, None)
 
 
 @dataclass(frozen=True)
@@ -112,7 +101,7 @@ def _auto(device: torch.device, model_name: str) -> tuple[str, bool, str]:
     if not cpu_has_bf16():
         return "off", False, "this CPU has no native bf16 (avx512_bf16 / amx_bf16)"
     fam = family(model_name)
-    speedup = CPU_FAST_PATH.get(fam)
+    speedup = cpu_speedup(model_name)
     if speedup is None:
         return "off", False, f"no CPU bf16 measurement for the {fam} family yet"
     if speedup < FAST_ENOUGH:

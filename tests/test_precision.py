@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from semseg import precision
 from semseg.config import TrainConfig, load_config
 from semseg.errors import ConfigError
 from semseg.engine import autocast
-from semseg.precision import CPU_FAST_PATH, FAST_ENOUGH, Precision, family, resolve_precision
+from semseg.precision import FAST_ENOUGH, SPEEDUP_ATTRIBUTE, Precision, cpu_speedup, family, resolve_precision
 from semseg.registry import MODELS
 from tests.conftest import REPO
 
@@ -39,9 +40,13 @@ def test_channels_last_takes_a_bool_or_auto_and_nothing_else(tmp_path: Path) -> 
         load_config(str(recipe), ["train.amp=bf32"])
 
 
-def test_every_family_has_a_measured_cpu_choice() -> None:
-    assert {family(n) for n in MODELS.names()} == set(CPU_FAST_PATH)
+def test_every_family_file_records_its_cpu_choice() -> None:
+    """Each family's file states its measured ratio, or None for "not measured": never left out by accident."""
+    missing = sorted({family(n) for n in MODELS.names()
+                      if not hasattr(importlib.import_module(MODELS.get(n).__module__), SPEEDUP_ATTRIBUTE)})
+    assert not missing, f"semseg/models/<family>.py without {SPEEDUP_ATTRIBUTE}: {missing}"
     assert family("fcn8s") == "fcn" and family("drn_d_22") == "drn"
+    assert cpu_speedup("fcn8s") == cpu_speedup("fcn32s") > FAST_ENOUGH  # one value per family file
 
 
 def test_explicit_settings_pass_through() -> None:
@@ -50,14 +55,17 @@ def test_explicit_settings_pass_through() -> None:
 
 
 def test_cpu_with_native_bf16_takes_the_fast_path_where_it_measured_faster(bf16_cpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(CPU_FAST_PATH, "enet", FAST_ENOUGH + 0.2)
-    monkeypatch.setitem(CPU_FAST_PATH, "fcn", FAST_ENOUGH - 0.2)
+    monkeypatch.setattr(importlib.import_module("semseg.models.enet"), SPEEDUP_ATTRIBUTE, FAST_ENOUGH + 0.2)
+    monkeypatch.setattr(importlib.import_module("semseg.models.fcn"), SPEEDUP_ATTRIBUTE, FAST_ENOUGH - 0.2)
     fast = resolve_precision("auto", "auto", CPU, "enet")
     assert (fast.amp, fast.channels_last) == ("bf16", True) and "enet" in fast.why
     slow = resolve_precision("auto", "auto", CPU, "fcn8s")
     assert (slow.amp, slow.channels_last) == ("off", False) and "not faster" in slow.why
     half = resolve_precision("off", "auto", CPU, "enet")  # an explicit half stays as given
     assert (half.amp, half.channels_last) == ("off", True)
+    monkeypatch.setattr(importlib.import_module("semseg.models.enet"), SPEEDUP_ATTRIBUTE, None)
+    unmeasured = resolve_precision("auto", "auto", CPU, "enet")
+    assert (unmeasured.amp, unmeasured.channels_last) == ("off", False) and "no CPU bf16 measurement" in unmeasured.why
 
 
 def test_cpu_without_native_bf16_stays_fp32(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,9 @@ from semseg.models.deeplabv3 import (ASPP, ASPP_CHANNELS, ASPP_PARAMS, MULTI_GRI
                                      SwitchableStride, check_output_stride, init_head)
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
+CPU_BF16_SPEEDUP: float | None = None
 LOW_CHANNELS = 48  # §3.1, Table 1: the 1×1 reduction of the low-level features
 DECODER_CHANNELS = 256  # §3.1, Table 2: two [3×3, 256] convs
 

@@ -36,6 +36,9 @@ from semseg.models._backbones import Pretrained, load_pretrained
 from semseg.models._blocks import bilinear_kernel
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.31
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)  # levels 1-8 (paper Fig. 1, drn.py)
 STRIDES = (1, 2, 2, 2, 1, 1, 1, 1)  # output stride 2·2·2 = 8
 DILATIONS = (1, 1, 1, 1, 2, 4, 2, 1)  # levels 5-6 replace strides; 7-8 degrid (paper §3-4)

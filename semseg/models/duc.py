@@ -46,6 +46,9 @@ from semseg.errors import ConfigError
 from semseg.models._backbones import Pretrained, ResNetFeatures, set_block_dilation
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.06
 UPSCALE = 8  # the trunk's output stride (ds_rate in the release)
 CELL_WIDTH = 2  # released configs: cell_width 2, DUC predicts the 1/2-resolution map
 HDC_CYCLE = (1, 2, 5, 9)  # res4b rates, grouped in fours (§3.2, released model)

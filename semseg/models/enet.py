@@ -30,6 +30,9 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.31
 PROJECTION_RATIO = 4  # internal channels = output channels / 4 (paper §3, Torch code)
 
 

@@ -31,6 +31,9 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.60
 BN_EPS = 1e-3  # as the authors' code
 
 

@@ -29,6 +29,9 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.59
 LASAGNE_BN_EPS = 1e-4  # lasagne.layers.BatchNormLayer's default epsilon, which the authors' layers.py keeps
 
 

@@ -32,6 +32,10 @@ from semseg.models._backbones import Pretrained, load_pretrained
 from semseg.models._blocks import bilinear_kernel
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.10
+
 # VGG16 configuration "D" (Simonyan & Zisserman 2015, Table 1); "M" is a 2×2 max-pool.
 # Building from this list reproduces torchvision's ``vgg16().features`` indices exactly,
 # so its ImageNet state dict loads with a key remap of the classifier only.

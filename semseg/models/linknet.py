@@ -34,6 +34,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures
 from semseg.models._blocks import ConvBNReLU
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.74
 TORCH_DECODER_EPS = 1e-3  # e-lab/LinkNet models/model.lua: SpatialBatchNormalization(n, 1e-3) in the decoder
 
 

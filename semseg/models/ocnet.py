@@ -36,6 +36,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
+CPU_BF16_SPEEDUP: float | None = None
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, no multi-grid (release: multi_grid=(1, 1, 1))
 PYRAMID = (1, 2, 3, 6)  # pyramid-OC partitions (Pyramid_OC_Module sizes)
 ASP_RATES = (12, 24, 36)  # ASP_OC_Module dilations

@@ -33,6 +33,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
+CPU_BF16_SPEEDUP: float | None = None
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, as PSPNet
 MID_CHANNELS = 512  # PSA(in_channels=2048, mid_channels=512)
 MASK_SIZE = (59, 59)  # 2·((465 - 1) // 16 + 1) - 1 for the release's ADE20K crop

@@ -36,6 +36,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages, 
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.77
 BINS = (1, 2, 3, 6)  # pyramid levels, paper §3.3 and Fig. 3
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, paper §3.3 / Fig. 3(b)
 

@@ -50,6 +50,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.05  # refinenet50 2.05x, refinenet_lw50 2.22x: the smaller one
 PATHS = ("layer4", "layer3", "layer2", "layer1")  # RefineNet-4 … RefineNet-1 (1/32 … 1/4)
 WIDTHS = (512, 256, 256, 256)  # §3: 512 channels for RefineNet-4 inputs, 256 elsewhere
 ADAPT_RCUS, OUTPUT_RCUS = 2, 3  # released code: adapt_conv_num, refine_block_conv_num_mainflow
