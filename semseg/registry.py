@@ -15,6 +15,7 @@ import inspect
 from typing import Any, Callable, Mapping, TypeVar
 
 from semseg.errors import ConfigError
+from semseg.typecheck import mismatch
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -89,6 +90,10 @@ class Registry:
         ]
         if missing:
             raise ConfigError(f"{where}.{missing[0]}: required by {self.kind} '{name}' but not given")
+        for key, value in kwargs.items():
+            expected = mismatch(builder, key, value)
+            if expected is not None:
+                raise ConfigError(f"{where}.{key}: {self.kind} '{name}' expects {expected}, got {value!r}")
         return builder(**kwargs)
 
     def build(self, name: str, /, **kwargs: Any) -> Any:

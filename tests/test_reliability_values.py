@@ -54,6 +54,8 @@ def test_bad_values_and_files_stop_before_any_folder(camvid: Path, tmp_path: Pat
         ("data.batch_size=0", f"{recipe}: data.batch_size: expected at least 1, got 0"),
         ("augment.std=[0,0,0]", f"{recipe}: augment.std[0]: expected more than 0 (images are divided by it), got 0"),
         ("infer.tile=[0,0]", f"{recipe}: infer.tile: sizes must be at least 1, got [0, 0]"),
+        ("model.params.dropout=abc", "model.params.dropout: model 'enet' expects a number, got 'abc'"),
+        ("model.params.dropout=yes", "model.params.dropout: model 'enet' expects a number, got True"),
     ]:
         assert train.main([*args, override]) == 2
         assert one_line_error(capsys) == f"error: {message}"
