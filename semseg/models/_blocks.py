@@ -28,6 +28,14 @@ class ConvBNReLU(nn.Sequential):
         )
 
 
+
+def conv_head(in_channels: int, mid_channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """3×3 conv + BN + ReLU → Dropout2d → 1×1 classifier: the main and auxiliary heads of PSPNet
+    (Zhao et al. 2017, hszhao/semseg ``cls``/``aux``) and PSANet (same release), keys ``0.*`` / ``3.*``."""
+    return nn.Sequential(
+        ConvBNReLU(in_channels, mid_channels, 3), nn.Dropout2d(dropout), nn.Conv2d(mid_channels, num_classes, 1)
+    )
+
 def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
     """Weights that make a ConvTranspose2d a bilinear upsampler (FCN, Long et al. 2015, §3.3).
 

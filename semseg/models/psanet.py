@@ -30,7 +30,7 @@ from torch import nn
 
 from semseg.errors import ConfigError
 from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages
-from semseg.models._blocks import ConvBNReLU, resize_to
+from semseg.models._blocks import ConvBNReLU, conv_head, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
@@ -105,10 +105,6 @@ class PSA(nn.Module):
         return torch.cat([x, resize_to(context, x.shape[-2:], align_corners=True)], dim=1)
 
 
-def _head(in_channels: int, mid: int, num_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(ConvBNReLU(in_channels, mid, 3), nn.Dropout2d(dropout), nn.Conv2d(mid, num_classes, 1))
-
-
 class PSANet(nn.Module):
     """Dilated ResNet (OS 8) → PSA → 3×3 conv → classifier; layer3 auxiliary head in training mode."""
 
@@ -123,8 +119,8 @@ class PSANet(nn.Module):
         dilate_stages(self.backbone, DILATION)
         channels = self.backbone.channels
         self.psa = PSA(channels["layer4"], psa_type, mask_size)
-        self.head = _head(self.psa.out_channels, 512, num_classes, dropout)
-        self.aux = _head(channels["layer3"], 256, num_classes, dropout) if aux else None
+        self.head = conv_head(self.psa.out_channels, 512, num_classes, dropout)
+        self.aux = conv_head(channels["layer3"], 256, num_classes, dropout) if aux else None
         for module in [self.psa, self.head] + ([self.aux] if aux else []):
             for m in module.modules():
                 if isinstance(m, nn.Conv2d):

@@ -33,7 +33,7 @@ from torch import nn
 
 from semseg.errors import ConfigError
 from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages, load_pretrained
-from semseg.models._blocks import ConvBNReLU, resize_to
+from semseg.models._blocks import ConvBNReLU, conv_head, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
@@ -98,13 +98,6 @@ class PyramidPooling(nn.Module):
         return torch.cat([x] + [resize_to(stage(x), size, self.align_corners) for stage in self.stages], dim=1)
 
 
-def _head(in_channels: int, mid_channels: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """3×3 conv + BN + ReLU → dropout → 1×1 classifier (main head and auxiliary head alike)."""
-    return nn.Sequential(
-        ConvBNReLU(in_channels, mid_channels, 3), nn.Dropout2d(dropout), nn.Conv2d(mid_channels, num_classes, 1)
-    )
-
-
 class PSPNet(nn.Module):
     """Dilated ResNet (stride 8) → PPM → 3×3 conv → classifier; optional layer3 auxiliary head."""
 
@@ -129,8 +122,8 @@ class PSPNet(nn.Module):
         dilate_stages(self.backbone, DILATION)
         channels = self.backbone.channels
         self.ppm = PyramidPooling(channels["layer4"], BINS, align_corners)
-        self.head = _head(self.ppm.out_channels, 512, num_classes, dropout)
-        self.aux = _head(channels["layer3"], 256, num_classes, dropout) if aux else None
+        self.head = conv_head(self.ppm.out_channels, 512, num_classes, dropout)
+        self.aux = conv_head(channels["layer3"], 256, num_classes, dropout) if aux else None
         for module in [self.head, self.ppm] + ([self.aux] if aux else []):
             for m in module.modules():
                 if isinstance(m, nn.Conv2d):
