@@ -87,3 +87,16 @@ def test_committed_tables_are_what_the_tool_writes(tmp_path: Path, doc: str, ext
     argv = [a for p in benches for a in ("--bench", str(p))] + extra + ["--update", str(copy)]
     assert results_table.main(argv) == 0
     assert copy.read_text() == (REPO / doc).read_text(), f"{doc} is stale: rerun tools/results_table.py {' '.join(argv[:-2])} --update {doc}"
+
+
+def test_bench_files_of_one_device_and_batch_merge_into_one_column_group() -> None:
+    row = lambda model, ms: {"model": model, "impl": "semseg", "size": [360, 480], "fwd_ms": ms}  # noqa: E731
+    old = bench_file("cpu", [row("enet", 60.0), row("erfnet", 200.0)])
+    refresh = bench_file("cpu", [row("enet", 50.0), row("linknet", 300.0)])
+    gpu = bench_file("cuda:0", [row("enet", 3.0)])
+    merged = results_table.merge_benches([old, refresh, gpu])
+    assert len(merged) == 2
+    assert sorted((r["model"], r["fwd_ms"]) for r in merged[0]["results"]) == [("enet", 50.0), ("erfnet", 200.0), ("linknet", 300.0)]
+    assert old["results"] == [row("enet", 60.0), row("erfnet", 200.0)]  # the inputs are left as they were
+    other_batch = bench_file("cpu", [row("enet", 70.0)], batch=8)
+    assert len(results_table.merge_benches([old, other_batch])) == 2

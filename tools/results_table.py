@@ -7,7 +7,7 @@
 Joins three sources that are each written by a tool, so the table is never typed by hand:
 the trained runs in ``doc/results/<dataset>.json`` (``tools/record_result.py``), the
 measurements in one or more ``bench/models.py --json`` files (one column group per
-device) and the papers' CamVid numbers kept at each model's registration
+device and batch; files of the same device and batch are merged, later rows winning) and the papers' CamVid numbers kept at each model's registration
 (``paper_camvid_miou``). Parameters and GFLOPs are counted on the meta device here.
 ``--update FILE`` replaces the text between ``<!-- results-table -->`` and
 ``<!-- /results-table -->`` in FILE (a README can hold its own subset).
@@ -60,6 +60,21 @@ def bench_rows(bench: dict) -> dict[str, dict]:
     """Our models' rows at 360×480 (the CamVid size), by model name; peers are left out."""
     return {r["model"]: r for r in bench["results"]
             if r.get("impl") == "semseg" and tuple(r["size"]) == SIZES[0] and "compared_in" not in r}  # fmt: skip
+
+
+def merge_benches(benches: list[dict]) -> list[dict]:
+    """One bench per (device, batch): files measured alike are one column group, a later file's row for a
+    model replacing an earlier one's (a refresh of some models need not rerun them all)."""
+    merged: dict[tuple[str, int], dict] = {}
+    for bench in benches:
+        key = (device_label(bench), bench["settings"]["batch"])
+        if key not in merged:
+            merged[key] = {**bench, "results": list(bench["results"])}
+            continue
+        fresh = {(r["model"], tuple(r["size"])) for r in bench["results"]}
+        kept = [r for r in merged[key]["results"] if (r["model"], tuple(r["size"])) not in fresh]
+        merged[key]["results"] = kept + list(bench["results"])
+    return list(merged.values())
 
 
 def fmt(value: Optional[float], spec: str) -> str:
@@ -116,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--update", type=Path, help="write the table between the markers in this file")
     args = parser.parse_args(argv)
     runs = best_runs(load_json(args.results)) if args.results.is_file() else {}
-    benches = [load_json(p) for p in args.bench]
+    benches = merge_benches([load_json(p) for p in args.bench])
     unknown = [n for n in args.models or [] if n not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; choices: {', '.join(MODELS.names())}")
