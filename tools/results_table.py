@@ -16,7 +16,6 @@ device and batch; files of the same device and batch are merged, later rows winn
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -28,7 +27,7 @@ from semseg.models.__main__ import measure  # noqa: E402
 from semseg.registry import MODELS  # noqa: E402
 from semseg.runlog import read_json  # noqa: E402
 
-size_and_cost = functools.lru_cache(maxsize=None)(measure)  # (params, GFLOPs); pure, and ~1 s a call
+size_and_cost = measure  # (params, GFLOPs), cached: pure, and ~1 s a call
 START, END = "<!-- results-table -->", "<!-- /results-table -->"
 SIZES = ((360, 480), (512, 1024))
 
