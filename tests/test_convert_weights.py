@@ -266,3 +266,228 @@ def test_cli_writes_a_checkpoint_validate_restores(tmp_path: Path, capsys: pytes
     assert convert_weights.main([str(src), str(out), "--layout", "eromera_erfnet", "--model", "enet",
                                  "--dataset", "cityscapes"]) != 0
     assert "layout 'eromera_erfnet' fits erfnet" in capsys.readouterr().err
+
+
+# --- Second-wave families (issue 17): DenseASPP, ESPNet-C, the DeepLab v3+ port ------------------------------------
+
+
+def _convert_meta(layout: str, model: str, official: dict[str, torch.Tensor], num_classes: int):
+    """As ``_convert``, for the large trunks: built on the meta device (no random init), the converted tensors
+    assigned in place by a strict load."""
+    conv = OFFICIAL.get(layout)()
+    with torch.device("meta"):
+        net = MODELS.build(model, num_classes=num_classes, **conv.model_params)
+    state = convert_state(conv, unwrap({"state_dict": {f"module.{k}": v for k, v in official.items()}}),
+                          net.state_dict())
+    missing, unexpected = net.load_state_dict(state, strict=True, assign=True)
+    assert not missing and not unexpected
+    assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
+    return net.eval(), conv
+
+
+def _bn(sd: dict[str, torch.Tensor], p: str, t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return F.batch_norm(t, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                        False, 0.0, eps)
+
+
+def _conv(sd: dict[str, torch.Tensor], p: str, t: torch.Tensor, dilation: int = 1, stride: int = 1) -> torch.Tensor:
+    w = sd[f"{p}.weight"]
+    return F.conv2d(t, w, sd.get(f"{p}.bias"), stride, dilation * (w.shape[-1] // 2), dilation)
+
+
+def _official_denseaspp_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int) -> torch.Tensor:
+    """DenseASPP models/DenseASPP.py DenseASPP.forward (output_stride 8, eval), on the official tensors."""
+    blocks = L.DENSEASPP_CFGS[depth][2]
+    t = F.max_pool2d(F.relu(_bn(sd, "features.norm0", _conv(sd, "features.conv0", x, stride=2))), 3, 2, 1)
+    for b, n in enumerate(blocks, start=1):
+        rate = {3: 2, 4: 4}.get(b, 1)  # dilation_rate int(2 / feature_size), int(4 / feature_size)
+        for i in range(1, n + 1):
+            p = f"features.denseblock{b}.denselayer{i}"
+            y = _conv(sd, f"{p}.conv.1", F.relu(_bn(sd, f"{p}.norm.1", t)))
+            t = torch.cat([t, _conv(sd, f"{p}.conv.2", F.relu(_bn(sd, f"{p}.norm.2", y)), rate)], 1)
+        t = _conv(sd, f"features.transition{b}.conv", F.relu(_bn(sd, f"features.transition{b}.norm", t)))
+        if b == 1:  # only transition 1 keeps its pool at output stride 8
+            t = F.avg_pool2d(t, 2, 2)
+    feature = F.relu(_bn(sd, "features.norm5", t))  # ASPP_3 starts with an in-place ReLU on the shared features
+    for i, rate in enumerate((3, 6, 12, 18, 24)):
+        p = f"ASPP_{rate}"
+        y = feature if i == 0 else F.relu(_bn(sd, f"{p}.norm.1", feature))
+        y = _conv(sd, f"{p}.conv.2", F.relu(_bn(sd, f"{p}.norm.2", _conv(sd, f"{p}.conv.1", y))), rate)
+        feature = torch.cat([y, feature], 1)
+    return F.interpolate(_conv(sd, "classification.1", feature), scale_factor=8, mode="bilinear", align_corners=True)
+
+
+def test_denseaspp_deepmotion_gives_the_official_logits() -> None:
+    """DenseASPP121 layout (the released 161 has the same names): a rename, PyTorch 0.3 file without BN counters."""
+    official = L.fill(L.deepmotion_denseaspp(121, 19), seed=6)
+    assert not any(k.endswith("num_batches_tracked") for k in official)
+    net, conv = _convert_meta("deepmotion_denseaspp", "denseaspp_densenet121", official, 19)
+    ours = net.state_dict()
+    pairs = [("features.denseblock3.denselayer7.norm.2.running_var",
+              "backbone.features.denseblock3.denselayer7.norm2.running_var"),
+             ("features.transition4.conv.weight", "backbone.features.transition4.2.weight"),
+             ("ASPP_3.conv.2.bias", "aspp.layers.0.3.bias"), ("ASPP_18.norm.1.weight", "aspp.layers.3.0.weight"),
+             ("classification.1.weight", "classifier.weight")]
+    for theirs, mine in pairs:
+        assert torch.equal(ours[mine], official[theirs]), theirs
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        theirs = _official_denseaspp_forward(official, x, 121)
+        mine = net(x)["out"]
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+    assert conv.augment["mean"] == [0.290101, 0.328081, 0.286964] and net.align_corners is True
+
+
+def test_denseaspp161_release_maps_every_tensor() -> None:
+    """The released DenseASPP161 (142.7 MB): every tensor placed, shapes on the meta device."""
+    layout = L.deepmotion_denseaspp(161, 19)
+    with torch.device("meta"):
+        net = MODELS.build("denseaspp_densenet161", num_classes=19)
+        official = {k: torch.empty(s) for k, s in layout.items()}
+    official["ASPP_24.conv.2.bias"] = torch.arange(128.0)
+    state = convert_state(OFFICIAL.get("deepmotion_denseaspp")(), official, net.state_dict())
+    assert set(state) == set(net.state_dict())
+    assert torch.equal(state["aspp.layers.4.5.bias"], torch.arange(128.0))
+    assert state["backbone.features.norm5.weight"].shape == (1104,)  # 2208 halved by transition 4
+    assert state["classifier.weight"].shape == (19, 1104 + 5 * 128, 1, 1)
+
+
+def _official_espnet_c_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, p: int = 2, q: int = 8) -> torch.Tensor:
+    """ESPNet train/Model.py ESPNet_Encoder.forward (eval), on the official tensors and their BGR input."""
+
+    def br(name: str, t: torch.Tensor) -> torch.Tensor:
+        return F.prelu(_bn(sd, f"{name}.bn", t, 1e-3), sd[f"{name}.act.weight"])
+
+    def esp(name: str, t: torch.Tensor, down: bool) -> torch.Tensor:
+        reduced = _conv(sd, f"{name}.c1.conv", t, stride=2 if down else 1)
+        d = [_conv(sd, f"{name}.d{r}.conv", reduced, r) for r in (1, 2, 4, 8, 16)]
+        fused = torch.cat([d[0], d[1], d[1] + d[2], d[1] + d[2] + d[3], d[1] + d[2] + d[3] + d[4]], 1)
+        return br(name, fused) if down else br(f"{name}.bn", fused + t)
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, 3, 2, 1)
+
+    out0 = br("b1", torch.cat([br("level1", _conv(sd, "level1.conv", x, stride=2)), pool(x)], 1))
+    out1_0 = out1 = esp("level2_0", out0, True)
+    for i in range(p):
+        out1 = esp(f"level2.{i}", out1, False)
+    out1 = br("b2", torch.cat([out1, out1_0, pool(pool(x))], 1))
+    out2_0 = out2 = esp("level3_0", out1, True)
+    for i in range(q):
+        out2 = esp(f"level3.{i}", out2, False)
+    return _conv(sd, "classifier.conv", br("b3", torch.cat([out2_0, out2], 1)))
+
+
+def _espnet_input(rgb: torch.Tensor) -> torch.Tensor:
+    """Their pipeline: cv2 BGR 0–255, minus mean, over std, then ToTensor's div(255)."""
+    from semseg.official.espnet import MEAN_BGR, STD_BGR
+
+    mean, std = torch.tensor(MEAN_BGR).view(1, 3, 1, 1), torch.tensor(STD_BGR).view(1, 3, 1, 1)
+    return (rgb.flip(1) * 255 - mean) / std / 255
+
+
+def test_espnet_c_sacmehta_cli_gives_the_official_logits(tmp_path: Path) -> None:
+    """Convert (void dropped, BGR → RGB inside the net, their normalisation in the config), restore, compare 1/8."""
+    from tools import convert_weights
+
+    official = L.fill(L.sacmehta_espnet_c(20), seed=7)
+    src, out = tmp_path / "espnet_p_2_q_8.pth", tmp_path / "espnet_c_cityscapes.pt"
+    torch.save(official, src)  # a plain state dict, as released
+    assert convert_weights.main([str(src), str(out), "--layout", "sacmehta_espnet_c", "--model", "espnet_c",
+                                 "--dataset", "cityscapes", "--root", "/data/cityscapes"]) == 0
+    model, cfg, ckpt = restore(str(out), [])
+    assert len(ckpt["classes"]) == 19 and tuple(cfg.augment.std) == (44.91483307, 46.15289307, 45.3192215)
+    rgb = torch.rand(2, 3, 48, 80)
+    ours_in = (rgb - torch.tensor(cfg.augment.mean).view(1, 3, 1, 1)) / torch.tensor(cfg.augment.std).view(1, 3, 1, 1)
+    net = model.eval()
+    with torch.no_grad():
+        theirs = _official_espnet_c_forward(official, _espnet_input(rgb))[:, :19]
+        ours = net.classifier(net.features(ours_in)[-1])
+        wrong = _official_espnet_c_forward(official, _espnet_input(rgb.flip(1)))[:, :19]  # RGB fed as if BGR
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+    assert not torch.allclose(ours, wrong, atol=1e-2)  # the channel reversal matters
+
+
+def test_espnet_c_other_depths_and_the_decoder_file() -> None:
+    """q = 3 loads with model.params.q = 3; the full ESPNet's file is not this layout (one line)."""
+    official = L.fill(L.sacmehta_espnet_c(20, q=3), seed=8)
+    net, _ = _convert("sacmehta_espnet_c", "espnet_c", official, 19, q=3)
+    assert len(net.level3) == 3
+    decoder = {f"encoder.{k}": v for k, v in official.items()}
+    own = MODELS.build("espnet_c", num_classes=19).state_dict()
+    with pytest.raises(CheckpointError, match=r"keys this layout does not know: encoder\.level1"):
+        convert_state(OFFICIAL.get("sacmehta_espnet_c")(), decoder, own)
+
+
+def _official_deeplab_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """pytorch-deeplab-xception DeepLab(backbone='resnet', output_stride=16).forward in eval mode."""
+
+    def block(p: str, t: torch.Tensor, stride: int, rate: int) -> torch.Tensor:  # backbone/resnet.py Bottleneck
+        y = F.relu(_bn(sd, f"{p}.bn1", _conv(sd, f"{p}.conv1", t)))
+        y = F.relu(_bn(sd, f"{p}.bn2", _conv(sd, f"{p}.conv2", y, rate, stride)))
+        y = _bn(sd, f"{p}.bn3", _conv(sd, f"{p}.conv3", y))
+        short = _bn(sd, f"{p}.downsample.1", _conv(sd, f"{p}.downsample.0", t, stride=stride)) if stride > 1 or \
+            f"{p}.downsample.0.weight" in sd else t
+        return F.relu(y + short)
+
+    t = F.max_pool2d(F.relu(_bn(sd, "backbone.bn1", _conv(sd, "backbone.conv1", x, stride=2))), 3, 2, 1)
+    feats = []
+    # strides [1, 2, 2, 1], dilations [1, 1, 1, 2]; layer4 = _make_MG_unit with blocks [1, 2, 4] × 2
+    for layer, (n, stride, rates) in enumerate(((3, 1, (1,) * 3), (4, 2, (1,) * 4), (23, 2, (1,) * 23),
+                                                (3, 1, (2, 4, 8))), start=1):
+        for b in range(n):
+            t = block(f"backbone.layer{layer}.{b}", t, stride if b == 0 else 1, rates[b])
+        feats.append(t)
+    low, high = feats[0], feats[-1]
+
+    def cbr(conv: str, bn: str, t: torch.Tensor, rate: int = 1) -> torch.Tensor:
+        return F.relu(_bn(sd, bn, _conv(sd, conv, t, rate)))
+
+    def up(t: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=True)
+
+    branches = [cbr(f"aspp.aspp{i}.atrous_conv", f"aspp.aspp{i}.bn", high, rate)
+                for i, rate in zip(range(1, 5), (1, 6, 12, 18))]
+    pooled = cbr("aspp.global_avg_pool.1", "aspp.global_avg_pool.2", F.adaptive_avg_pool2d(high, 1))
+    aspp = cbr("aspp.conv1", "aspp.bn1", torch.cat(branches + [up(pooled, high.shape[2:])], 1))
+    low = cbr("decoder.conv1", "decoder.bn1", low)
+    y = cbr("decoder.last_conv.0", "decoder.last_conv.1", torch.cat([up(aspp, low.shape[2:]), low], 1))
+    y = _conv(sd, "decoder.last_conv.8", cbr("decoder.last_conv.4", "decoder.last_conv.5", y))
+    return up(y, x.shape[2:])
+
+
+def test_deeplabv3plus_jfzhang95_gives_the_official_logits() -> None:
+    """ResNet-101 VOC layout of the port; output stride 16 in eval mode as its release ("train/eval os 16/16")."""
+    official = L.fill(L.jfzhang95_deeplab_resnet(21), seed=9)
+    net, conv = _convert_meta("jfzhang95_deeplabv3plus", "deeplabv3plus_resnet101", official, 21)
+    assert net.backbone.output_stride == 16 and conv.model_params["eval_output_stride"] is None
+    ours = net.state_dict()
+    assert torch.equal(ours["backbone.stem.0.weight"], official["backbone.conv1.weight"])
+    assert torch.equal(ours["aspp.branches.3.1.running_mean"], official["aspp.aspp4.bn.running_mean"])
+    assert torch.equal(ours["aspp.pool.1.0.weight"], official["aspp.global_avg_pool.1.weight"])
+    assert torch.equal(ours["decoder.1.1.weight"], official["decoder.last_conv.5.weight"])
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        theirs = _official_deeplab_forward(official, x)
+        mine = net(x)["out"]
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+
+
+def test_a_training_checkpoint_with_numpy_scalars_is_read(tmp_path: Path) -> None:
+    """The port's trainer stores best_pred as a numpy float64 next to the state dict (a numpy 1.x pickle names it
+    numpy.core.multiarray.scalar); weights_only loading allows those scalars and nothing else."""
+    import io
+
+    import numpy as np
+
+    from tools.convert_weights import read_official
+
+    buf = io.BytesIO()
+    torch.save({"epoch": 50, "state_dict": {"module.w": torch.ones(2)}, "best_pred": np.float64(0.7843)}, buf,
+               _use_new_zipfile_serialization=False, pickle_protocol=2)
+    old = buf.getvalue().replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+    (tmp_path / "deeplab-resnet.pth.tar").write_bytes(old)
+    assert read_official(str(tmp_path / "deeplab-resnet.pth.tar")).keys() == {"w"}
+    torch.save({"state_dict": {"w": torch.ones(2)}, "f": torch.nn.Identity()}, tmp_path / "module.pth")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        read_official(str(tmp_path / "module.pth"))

@@ -58,11 +58,22 @@ def config_for(args: argparse.Namespace, meta_models: tuple[str, ...], conv: Any
     return config_to_dict(cfg)
 
 
+def _numpy_scalars() -> list[Any]:
+    """Numpy scalars that training scripts store next to the weights (a best mIoU as ``np.float64``), under numpy 2's
+    and numpy 1's names: the only globals ``weights_only`` loading allows beyond tensors and containers."""
+    import numpy as np
+
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar  # numpy 2 / numpy 1
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
 def read_official(path: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: official checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable in any way: one line
         raise CheckpointError(f"{path}: cannot read ({type(exc).__name__}); is it a PyTorch file?") from None
     return unwrap(ckpt, path)
