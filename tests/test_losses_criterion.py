@@ -1,4 +1,4 @@
-"""Weighted sums of losses from ``loss.terms``, the aux head, and class weights reaching each term."""
+"""Weighted sums of losses from ``loss.terms``, auxiliary outputs (any size), and class weights reaching each term."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from semseg.config import LossConfig, LossTerm, config_from_dict
 from semseg.errors import ConfigError
 from semseg.losses import LOSSES, CrossEntropy, WeightedSum, build_criterion
+from semseg.losses.criterion import is_aux, target_at
 
 TERMS = (
     LossTerm("cross_entropy"),
@@ -44,6 +45,42 @@ def test_aux_adds_the_same_sum_with_aux_weight() -> None:
     main, side = crit({"out": out}, target).item(), crit({"out": aux}, target).item()
     assert crit({"out": out, "aux": aux}, target).item() == pytest.approx(main + 0.4 * side, rel=1e-6)
     assert build_criterion(LossConfig(terms=TERMS, aux_weight=0.0), 255)({"out": out, "aux": aux}, target).item() == pytest.approx(main, rel=1e-6)
+
+
+def test_every_aux_key_is_added_with_aux_weight_and_other_keys_are_not() -> None:
+    """BiSeNet's aux_16 / aux_8 (full size) each add aux_weight · loss; "out" counts once; "feat" is no output."""
+    out, aux, target = _batch()
+    aux2 = torch.randn(2, 3, 4, 4)
+    crit = build_criterion(LossConfig(aux_weight=1.0), 255)
+    ce = lambda logits: crit({"out": logits}, target).item()  # noqa: E731
+    outputs = {"out": out, "aux_16": aux, "aux_8": aux2, "feat": torch.randn(2, 3, 4, 4)}
+    assert crit(outputs, target).item() == pytest.approx(ce(out) + ce(aux) + ce(aux2), rel=1e-6)
+    assert build_criterion(LossConfig(aux_weight=0.0), 255)(outputs, target).item() == pytest.approx(ce(out), rel=1e-6)
+    keys = ("out", "aux", "aux_32", "auxiliary", "feat", "out_aux")
+    assert [k for k in keys if is_aux(k)] == ["aux", "aux_32", "auxiliary"]
+
+
+def test_a_smaller_aux_output_is_scored_against_the_nearest_downsampled_target() -> None:
+    """LRN's multi-resolution loss: a 1/2-size stage is compared with every other label row and column."""
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 8, 12))
+    target[0, :4] = 255
+    out, half = torch.randn(2, 3, 8, 12), torch.randn(2, 3, 4, 6)
+    crit = build_criterion(LossConfig(aux_weight=0.5), 255)
+    ce = LOSSES.build("cross_entropy", ignore_index=255)
+    expected = ce(out, target) + 0.5 * ce(half, target[:, ::2, ::2])
+    assert crit({"out": out, "aux_2": half}, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_target_at_picks_ids_and_keeps_the_ignore_index_at_any_size() -> None:
+    target = torch.randint(0, 11, (1, 45, 61))
+    target[0, 10:20, 5:30] = 255
+    small = target_at(target, (23, 31))
+    assert small.shape == (1, 23, 31) and small.dtype == target.dtype
+    assert set(small.unique().tolist()) <= set(target.unique().tolist())  # picked, never blended
+    assert (small == 255).any() and target_at(target, (45, 61)) is target
+    rows, cols = (torch.arange(23) * 45 // 23), (torch.arange(31) * 61 // 31)  # nearest: floor(i · in / out)
+    assert torch.equal(small[0], target[0][rows][:, cols])
 
 
 def test_class_weights_reach_every_term_that_takes_them() -> None:

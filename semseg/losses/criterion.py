@@ -1,8 +1,15 @@
-"""The criterion over a model's output dict: one loss or a weighted sum of losses, plus ``aux``.
+"""The criterion over a model's output dict: one loss or a weighted sum of losses, plus auxiliary outputs.
 
-The criterion takes the model's output dict, so models with an auxiliary head (PSPNet) need no
-special case in the training loop: ``aux`` is added with ``loss.aux_weight`` (0.4 in the PSPNet
-paper, §4.2). Sums such as cross-entropy + Lovász come from ``loss.terms``.
+The criterion takes the model's output dict, so models with auxiliary predictions need no special case
+in the training loop. Every key other than ``"out"`` that starts with ``"aux"`` (``aux``, ``aux_16``,
+``aux_32``, …) is an auxiliary prediction, added with ``loss.aux_weight``: 0.4 for PSPNet's one head
+(§4.2), 1 for BiSeNet's two context-path heads (Yu et al. 2018, the joint loss with α = 1) and for each of
+LRN's coarse-to-fine stages (Islam et al. 2017, §3: the plain sum of the stage losses). An auxiliary prediction
+smaller than the target is scored against the target resized to its size by nearest neighbour (the
+ignore index survives as a value), which is LRN's multi-resolution loss: each stage s_k is compared
+with the ground truth resized to s_k's resolution. Heads that the authors score at full resolution
+(PSPNet, BiSeNet) upsample their logits inside the model, so they reach the criterion at the target's
+size and are scored as they are. Sums such as cross-entropy + Lovász come from ``loss.terms``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import math
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semseg.config import LossConfig
@@ -24,8 +32,22 @@ logger = logging.getLogger(__name__)
 _SET_BY_CRITERION = ("ignore_index", "weight")  # from the dataset and loss.class_weights
 
 
+def is_aux(key: str) -> bool:
+    """Whether an output-dict key is an auxiliary prediction (``aux``, ``aux_16``, …; never ``out``)."""
+    return key != "out" and key.startswith("aux")
+
+
+def target_at(target: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``target`` (N×H×W class ids) at ``size`` by nearest neighbour: ids, the ignore index included, are
+    picked, never blended. The same tensor when it already has that size."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    picked = F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")
+    return picked[:, 0].to(target.dtype)
+
+
 class Criterion(nn.Module):
-    """``loss(out) + aux_weight * loss(aux)`` over a model's output dict."""
+    """``loss(out) + aux_weight * Σ_aux loss(aux, target at aux's size)`` over a model's output dict."""
 
     def __init__(self, loss: nn.Module, aux_weight: float) -> None:
         super().__init__()
@@ -34,8 +56,11 @@ class Criterion(nn.Module):
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         total = self.loss(outputs["out"], target)
-        if "aux" in outputs and self.aux_weight:
-            total = total + self.aux_weight * self.loss(outputs["aux"], target)
+        if not self.aux_weight:
+            return total
+        for key in sorted(k for k in outputs if is_aux(k)):
+            logits = outputs[key]
+            total = total + self.aux_weight * self.loss(logits, target_at(target, logits.shape[-2:]))
         return total
 
 
