@@ -406,6 +406,13 @@ def test_espnet_c_sacmehta_cli_gives_the_official_logits(tmp_path: Path) -> None
         wrong = _official_espnet_c_forward(official, _espnet_input(rgb.flip(1)))[:, :19]  # RGB fed as if BGR
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
     assert not torch.allclose(ours, wrong, atol=1e-2)  # the channel reversal matters
+    # test/VisualizeResults.py: nn.Upsample(scale_factor=8, mode='bilinear') of PyTorch 0.3, i.e. align_corners=True
+    assert cfg.model.params["align_corners"] is True and net.align_corners is True
+    with torch.no_grad():
+        up = F.interpolate(theirs, scale_factor=8, mode="bilinear", align_corners=True)
+        torch.testing.assert_close(net(ours_in)["out"], up, rtol=1e-4, atol=1e-4 * up.abs().max().item())
+        half_pixel = F.interpolate(theirs, scale_factor=8, mode="bilinear", align_corners=False)
+    assert (net(ours_in)["out"] - half_pixel).abs().max() > 1e-3  # the setting matters
 
 
 def test_espnet_c_other_depths_and_the_decoder_file() -> None:
@@ -491,3 +498,185 @@ def test_a_training_checkpoint_with_numpy_scalars_is_read(tmp_path: Path) -> Non
     torch.save({"state_dict": {"w": torch.ones(2)}, "f": torch.nn.Identity()}, tmp_path / "module.pth")
     with pytest.raises(CheckpointError, match="cannot read"):
         read_official(str(tmp_path / "module.pth"))
+
+
+# --- Deep-stem releases (issue 15/17): hszhao/semseg PSANet, CSAILVision UPerNet (two files) -----------------------
+
+
+def _official_trunk(sd: dict[str, torch.Tensor], x: torch.Tensor, blocks: tuple[int, ...], stem: tuple[str, ...],
+                    rates: tuple[int, ...]) -> list[torch.Tensor]:
+    """The deep-stem ResNet forward of both releases (3×3 convs, BN, ReLU ×3, max pool, Bottlenecks with the stride
+    on conv2), eval BN; ``stem`` names its (conv, bn) pairs, ``rates`` the dilation of layer1–4 (1 = strided)."""
+    for i, (conv, bn) in enumerate(zip(stem[::2], stem[1::2])):
+        x = F.relu(_bn(sd, bn, _conv(sd, conv, x, stride=2 if i == 0 else 1)))
+    x = F.max_pool2d(x, 3, 2, 1)
+    feats = []
+    for layer, (n, rate) in enumerate(zip(blocks, rates), start=1):
+        stride = 2 if layer > 1 and rate == 1 else 1
+        for b in range(n):
+            p, s = f"layer{layer}.{b}", stride if b == 0 else 1
+            y = F.relu(_bn(sd, f"{p}.bn1", _conv(sd, f"{p}.conv1", x)))
+            y = F.relu(_bn(sd, f"{p}.bn2", _conv(sd, f"{p}.conv2", y, rate, s)))
+            y = _bn(sd, f"{p}.bn3", _conv(sd, f"{p}.conv3", y))
+            short = _bn(sd, f"{p}.downsample.1", _conv(sd, f"{p}.downsample.0", x, stride=s)) if b == 0 else x
+            x = F.relu(y + short)
+        feats.append(x)
+    return feats
+
+
+def _official_psanet_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, mask: int) -> torch.Tensor:
+    """hszhao/semseg model/psanet.py PSANet.forward (eval, psa_type 2, shrink 2, softmax, normalisation 1) on the
+    official tensors; psa_mask is the loops of lib/psa/src/cpu/psamask.cpp (tests/test_models_psanet.py)."""
+    from tests.test_models_psanet import reference_buffers
+
+    stem = ("layer0.0", "layer0.1", "layer0.3", "layer0.4", "layer0.6", "layer0.7")
+    feats = _official_trunk(sd, x, R50, stem, (1, 1, 2, 4))
+    f = feats[-1]
+    aggregated = []
+    for suffix, kind in (("", 0), ("_p", 1)):
+        t = F.relu(_bn(sd, f"psa.reduce{suffix}.1", _conv(sd, f"psa.reduce{suffix}.0", f)))
+        n, c, h, w = t.shape
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=True)
+        y = F.relu(_bn(sd, f"psa.attention{suffix}.1", _conv(sd, f"psa.attention{suffix}.0", t)))
+        y = _conv(sd, f"psa.attention{suffix}.3", y)
+        y = F.softmax(reference_buffers(y, mask, mask)[kind], dim=1)
+        aggregated.append(torch.bmm(t.reshape(n, c, h * w), y).reshape(n, c, h, w))
+    p = F.relu(_bn(sd, "psa.proj.1", _conv(sd, "psa.proj.0", torch.cat(aggregated, 1))))
+    p = F.interpolate(p, size=((h - 1) * 2 + 1, (w - 1) * 2 + 1), mode="bilinear", align_corners=True)
+    y = F.relu(_bn(sd, "cls.1", _conv(sd, "cls.0", torch.cat([f, p], 1))))
+    size = ((x.shape[2] - 1) // 8 * 8 + 1, (x.shape[3] - 1) // 8 * 8 + 1)
+    return F.interpolate(_conv(sd, "cls.4", y), size=size, mode="bilinear", align_corners=True)
+
+
+def test_psanet_hszhao_gives_the_official_logits() -> None:
+    """ADE20K ResNet-50 layout (59×59 map of the 465 crops); 49×65 = 16k+1, the sizes the release runs."""
+    official = L.fill(L.hszhao_psanet(R50, 150, 59), seed=10)
+    net, conv = _convert_meta("hszhao_psanet", "psanet_resnet50_deepstem", official, 150)
+    assert conv.model_params == {"align_corners": True, "mask_size": [59, 59]}
+    ours = net.state_dict()
+    pairs = [("layer0.3.weight", "backbone.stem.3.weight"),
+             ("layer1.0.downsample.0.weight", "backbone.layer1.0.downsample.0.weight"),
+             ("psa.reduce_p.1.running_var", "psa.branches.1.reduce.1.running_var"),
+             ("psa.attention.3.weight", "psa.branches.0.attention.1.weight"),
+             ("psa.attention_p.1.bias", "psa.branches.1.attention.0.1.bias"),
+             ("psa.proj.0.weight", "psa.project.0.weight"),
+             ("cls.4.bias", "head.2.bias"), ("aux.1.running_mean", "aux.0.1.running_mean")]
+    for theirs, mine in pairs:
+        assert torch.equal(ours[mine], official[theirs]), theirs
+    x = torch.randn(1, 3, 49, 65)
+    with torch.no_grad():
+        theirs = _official_psanet_forward(official, x, 59)
+        mine = net(x)["out"]
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+
+
+def test_psanet_cityscapes_layout_and_the_wrong_mask_is_named() -> None:
+    """The 705-crop Cityscapes files have an 89×89 map: their own layout; each layout names the other on a mismatch."""
+    layout = L.hszhao_psanet((3, 4, 23, 3), 19, 89)
+    with torch.device("meta"):
+        official = {k: torch.empty(s) for k, s in layout.items()}
+        conv = OFFICIAL.get("hszhao_psanet_cityscapes")()
+        net = MODELS.build("psanet_resnet101_deepstem", num_classes=19, **conv.model_params)
+    state = convert_state(conv, official, net.state_dict())
+    assert set(state) == set(net.state_dict())
+    assert state["psa.branches.1.attention.1.weight"].shape == (89 * 89, 512, 1, 1)
+    with pytest.raises(CheckpointError, match=r"89×89 attention map .* try --layout hszhao_psanet_cityscapes"):
+        convert_state(OFFICIAL.get("hszhao_psanet")(), official, net.state_dict())
+    small = {k: torch.empty(s, device="meta") for k, s in L.hszhao_psanet(R50, 150, 59).items()}
+    with pytest.raises(CheckpointError, match=r"59×59 attention map .* try --layout hszhao_psanet$"):
+        convert_state(conv, small, net.state_dict())
+
+
+def _official_upernet_forward(enc: dict[str, torch.Tensor], dec: dict[str, torch.Tensor], x: torch.Tensor,
+                              blocks: tuple[int, ...] = R50) -> torch.Tensor:
+    """mit_semseg models.py Resnet.forward(return_feature_maps=True) → UPerNet.forward(segSize, use_softmax=True)."""
+    conv_out = _official_trunk(enc, x, blocks, ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"), (1, 1, 1, 1))
+
+    def cbr(p: str, t: torch.Tensor) -> torch.Tensor:  # (conv, BN, ReLU) Sequentials: <p>.0, <p>.1
+        return F.relu(_bn(dec, f"{p}.1", _conv(dec, f"{p}.0", t)))
+
+    def up(t: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    conv5 = conv_out[-1]
+    ppm = [conv5] + [cbr(f"ppm_conv.{i}", up(F.adaptive_avg_pool2d(conv5, s), conv5.shape[2:]))
+                     for i, s in enumerate((1, 2, 3, 6))]
+    f = cbr("ppm_last_conv", torch.cat(ppm, 1))
+    fpn = [f]
+    for i in reversed(range(3)):
+        lateral = cbr(f"fpn_in.{i}", conv_out[i])
+        f = lateral + up(f, lateral.shape[2:])
+        fpn.append(cbr(f"fpn_out.{i}.0", f))
+    fpn.reverse()
+    fused = torch.cat([fpn[0]] + [up(t, fpn[0].shape[2:]) for t in fpn[1:]], 1)
+    logits = _conv(dec, "conv_last.1", cbr("conv_last.0", fused))
+    return F.softmax(up(logits, x.shape[2:]), dim=1)
+
+
+def test_upernet_csail_two_files_cli_gives_the_official_output(tmp_path: Path) -> None:
+    """encoder=FILE decoder=FILE → one checkpoint → restore(): the release's softmax output. A 64-wide decoder (set
+    with --set model.params.fpn_dim=64) keeps the file small; the release's 512 is the next test."""
+    from tools import convert_weights
+
+    enc_layout, dec_layout = L.csail_upernet(R50, 150, fpn_dim=64)
+    enc, dec = L.fill(enc_layout, seed=11), L.fill(dec_layout, seed=12)
+    torch.save(enc, tmp_path / "encoder_epoch_30.pth")  # plain state dicts, as train.py's checkpoint() saves them
+    torch.save(dec, tmp_path / "decoder_epoch_30.pth")
+    out = tmp_path / "upernet50_ade20k.pt"
+    files = [f"decoder={tmp_path / 'decoder_epoch_30.pth'}", f"encoder={tmp_path / 'encoder_epoch_30.pth'}"]
+    assert convert_weights.main([*files, str(out), "--layout", "csail_upernet", "--model",
+                                 "upernet_resnet50_deepstem", "--dataset", "ade20k", "--set",
+                                 "model.params.fpn_dim=64"]) == 0
+    model, cfg, ckpt = restore(str(out), [])
+    assert cfg.model.params["fpn_dim"] == 64 and cfg.model.params["align_corners"] is False
+    assert ckpt["converted_from"]["file"] == {"encoder": files[1][8:], "decoder": files[0][8:]}
+    ours = model.state_dict()
+    assert torch.equal(ours["backbone.stem.6.weight"], enc["conv3.weight"])
+    assert torch.equal(ours["fpn.smooth.2.1.running_var"], dec["fpn_out.2.0.1.running_var"])
+    assert torch.equal(ours["classifier.bias"], dec["conv_last.1.bias"])
+    x = torch.rand(1, 3, 64, 96)
+    mean, std = torch.tensor(cfg.augment.mean).view(1, 3, 1, 1), torch.tensor(cfg.augment.std).view(1, 3, 1, 1)
+    x = (x - mean) / std  # dataset.py: ImageNet mean/std on RGB 0–1, our default
+    with torch.no_grad():
+        theirs = _official_upernet_forward(enc, dec, x)
+        mine = model.eval()(x)["out"].softmax(1)
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_upernet_csail_release_maps_every_tensor() -> None:
+    """The released 512-wide decoder and the ResNet-101 encoder: every tensor placed (meta device)."""
+    enc_layout, dec_layout = L.csail_upernet((3, 4, 23, 3), 150)
+    conv = OFFICIAL.get("csail_upernet")()
+    assert OFFICIAL.meta("csail_upernet")["parts"] == ("encoder", "decoder") and conv.model_params["fpn_dim"] == 512
+    with torch.device("meta"):
+        net = MODELS.build("upernet_resnet101_deepstem", num_classes=150, **conv.model_params)
+        official = {**{f"encoder.{k}": torch.empty(s) for k, s in enc_layout.items()},
+                    **{f"decoder.{k}": torch.empty(s) for k, s in dec_layout.items()}}
+    official["decoder.conv_last.1.bias"] = torch.arange(150.0)
+    state = convert_state(conv, official, net.state_dict())
+    assert set(state) == set(net.state_dict()) and torch.equal(state["classifier.bias"], torch.arange(150.0))
+    released = sum(torch.Size(s).numel() for k, s in dec_layout.items() if not k.endswith("running_mean")
+                   and not k.endswith("running_var") and not k.endswith("num_batches_tracked"))
+    assert released == 40_590_486  # the decoder_epoch_*.pth parameters (doc/upernet.md)
+    with pytest.raises(CheckpointError, match=r"keys this layout does not know: conv1\.weight"):
+        convert_state(conv, {k: v for k, v in official.items()} | {"conv1.weight": torch.empty(1)}, net.state_dict())
+
+
+def test_multi_file_sources_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every part exactly once, as PART=FILE; a single-file layout takes one plain file."""
+    from tools import convert_weights
+
+    base = ["--layout", "csail_upernet", "--model", "upernet_resnet50_deepstem", "--dataset", "ade20k"]
+    cases = [(["encoder=a.pth", "out.pt"], "no decoder= file"),
+             (["encoder=a.pth", "decoder=b.pth", "encoder=c.pth", "out.pt"], "encoder= given twice"),
+             (["encoder=a.pth", "head=b.pth", "out.pt"], "head=b.pth: layout 'csail_upernet' reads encoder=FILE"),
+             (["a.pth", "out.pt"], "a.pth: layout 'csail_upernet' reads encoder=FILE decoder=FILE")]
+    for paths, message in cases:
+        assert convert_weights.main([*paths, *base]) != 0
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert convert_weights.main(["a.pth", "b.pth", "out.pt", "--layout", "eromera_erfnet", "--model", "erfnet",
+                                 "--dataset", "cityscapes"]) != 0
+    assert "layout 'eromera_erfnet' reads one official file, got 2" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()

@@ -68,6 +68,21 @@ def test_strides_and_channels_at_an_odd_size() -> None:
     assert MODELS.meta("espnet")["output_stride"] == MODELS.meta("espnet_c")["output_stride"] == 8
 
 
+def test_espnet_c_upsampling_alignment_is_a_parameter() -> None:
+    """Half-pixel by default (unchanged); align_corners=True is the release's PyTorch 0.3 nn.Upsample(×8)."""
+    torch.manual_seed(0)
+    model = MODELS.build("espnet_c", num_classes=5).eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        scores = model.classifier(model.features(x)[-1])
+        default = model(x)["out"]
+        model.align_corners = True
+        aligned = model(x)["out"]
+    torch.testing.assert_close(default, F.interpolate(scores, size=(40, 56), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(aligned, F.interpolate(scores, scale_factor=8, mode="bilinear", align_corners=True))
+    assert MODELS.build("espnet_c", num_classes=5, align_corners=True).align_corners is True
+
+
 def test_too_few_classes_or_modules_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="model.params.num_classes"):
         MODELS.build("espnet", num_classes=4)  # the decoder's ESP module needs C >= 5

@@ -15,7 +15,7 @@ from semseg.registry import MODELS
 from tests.fixtures.training import fit
 from tests.test_models_pspnet import resnet_trunk_params
 
-NAMES = ("psanet_resnet50", "psanet_resnet101")
+NAMES = ("psanet_resnet50", "psanet_resnet101", "psanet_resnet50_deepstem", "psanet_resnet101_deepstem")
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,28 @@ def test_param_count_is_the_derivation(name: str) -> None:
     depth = 101 if "101" in name else 50
     branch = 2048 * 512 + 2 * 512 + 512 * 512 + 2 * 512 + 512 * 59 * 59
     head = 2 * branch + 1024 * 2048 + 2 * 2048 + 9 * 4096 * 512 + 2 * 512 + 9 * 1024 * 256 + 2 * 256
-    expected = resnet_trunk_params(depth, False) + head + (513 + 257) * 150
+    expected = resnet_trunk_params(depth, name.endswith("deepstem")) + head + (513 + 257) * 150
     with torch.device("meta"):
         model = MODELS.build(name, num_classes=150)
     assert sum(p.numel() for p in model.parameters()) == expected == MODELS.meta(name)["paper_params"]
+
+
+def test_deep_stem_is_the_release_trunk_at_output_stride_8() -> None:
+    """hszhao/semseg model/resnet.py deep_base: 3×3 convs 3→64/2, 64→64, 64→128; layer1 takes 128; layer3/4
+    dilated 2/4 in every block (the release's loop over conv2), so a 49×65 input gives 7×9 features."""
+    with torch.device("meta"):
+        model = MODELS.build("psanet_resnet50_deepstem", num_classes=4)
+        feats = model.backbone(torch.empty(1, 3, 49, 65))
+    convs = [m for m in model.backbone.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 64, (2, 2)), (64, 64, (1, 1)),
+                                                                          (64, 128, (1, 1))]
+    assert model.backbone.layer1[0].conv1.in_channels == 128
+    assert feats["layer4"].shape[-2:] == feats["layer3"].shape[-2:] == (7, 9)
+    for layer, rate in (("layer3", 2), ("layer4", 4)):
+        blocks = getattr(model.backbone, layer)
+        assert all(b.conv2.dilation == (rate, rate) and b.conv2.stride == (1, 1) for b in blocks)
+    with torch.device("meta"), pytest.raises(ConfigError, match="no deep-stem"):
+        MODELS.build("psanet_resnet101_deepstem", num_classes=4, pretrained_backbone=True)
 
 
 def test_one_direction_has_one_branch_and_the_mask_size_sets_the_attention_width() -> None:

@@ -160,12 +160,12 @@ def test_deep_stem_refuses_torchvision_weights_and_loads_a_local_file(tmp_path) 
     source = pspnet.PSPNet(50, 3, deep_stem=True)
     path = tmp_path / "v1c.pth"
     torch.save({"state_dict": source.state_dict()}, path)  # whole-model file: backbone.* keys
-    loaded = pspnet.DeepStemResNet(50, str(path))
+    loaded = backbones.DeepStemResNet(50, str(path))
     torch.testing.assert_close(loaded.stem[0].weight, source.backbone.stem[0].weight)
     torch.testing.assert_close(loaded.layer4[2].conv3.weight, source.backbone.layer4[2].conv3.weight)
     torch.save({"stem.0.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(ConfigError, match="pretrained_backbone"):
-        pspnet.DeepStemResNet(50, str(path))
+        backbones.DeepStemResNet(50, str(path))
 
 
 def test_torchvision_weights_fit_the_plain_trunk(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,15 @@
         --root data/ADEChallengeData2016 train_epoch_100.pth pspnet50_ade20k.pt
     python validate.py --checkpoint pspnet50_ade20k.pt
 
+A release saved as several files (an encoder and a decoder) is given part by part,
+PART=FILE for each part the layout names (--list shows them), in any order:
+
+    python tools/convert_weights.py --layout csail_upernet --model upernet_resnet50_deepstem \\
+        --dataset ade20k encoder=encoder_epoch_30.pth decoder=decoder_epoch_30.pth upernet50_ade20k.pt
+
+Each file's keys are read under its part's name (``encoder.conv1.weight``), which is
+what that layout's rules match; a part missing, repeated or unknown is a one-line error.
+
 The layouts (``--list``) are the tables in ``semseg/official/``: one per official
 repository, each naming the models it fits. The output holds our model's state dict
 (nothing missing, nothing left over: any mismatch is a one-line error), the config
@@ -34,9 +43,12 @@ from semseg.official import OFFICIAL, convert_state, unwrap  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", nargs="?", help="the official checkpoint file")
-    parser.add_argument("out", nargs="?", help="the semseg checkpoint to write (.pt)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     usage="%(prog)s --layout L --model M --dataset D [options] "
+                                           "(SOURCE | PART=FILE ...) OUT\n       %(prog)s --list")
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="the official checkpoint file (PART=FILE for each part of a multi-file layout), "
+                             "then the semseg checkpoint to write (.pt)")
     parser.add_argument("--layout", help="official layout (see --list)")
     parser.add_argument("--model", help="our model name, one of the layout's models")
     parser.add_argument("--dataset", help="dataset the weights were trained on (its class list is stored)")
@@ -79,24 +91,54 @@ def read_official(path: str) -> dict[str, torch.Tensor]:
     return unwrap(ckpt, path)
 
 
+def read_sources(sources: list[str], layout: str, parts: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Any]:
+    """The official tensors of one file, or of ``PART=FILE`` for every part (keys prefixed ``PART.``);
+    and what the output records as their origin (the file, or {part: file})."""
+    if not parts:
+        if len(sources) != 1:
+            raise ConfigError(f"layout '{layout}' reads one official file, got {len(sources)}: {' '.join(sources)}")
+        return read_official(sources[0]), sources[0]
+    wanted = " ".join(f"{p}=FILE" for p in parts)
+    given: dict[str, str] = {}
+    for source in sources:
+        part, sep, path = source.partition("=")
+        if not sep or part not in parts or not path:
+            raise ConfigError(f"{source}: layout '{layout}' reads {wanted}")
+        if part in given:
+            raise ConfigError(f"{part}= given twice (layout '{layout}' reads {wanted})")
+        given[part] = path
+    missing = [p for p in parts if p not in given]
+    if missing:
+        raise ConfigError(f"no {'=, '.join(missing)}= file (layout '{layout}' reads {wanted})")
+    state: dict[str, torch.Tensor] = {}
+    for part in parts:
+        state.update({f"{part}.{k}": v for k, v in read_official(given[part]).items()})
+    return state, {p: given[p] for p in parts}
+
+
 def convert(args: argparse.Namespace) -> int:
     if args.list:
         for name in OFFICIAL.names():
             meta = OFFICIAL.meta(name)
-            print(f"{name:22s} {', '.join(meta['models'])}\n{'':22s} {meta['files']}")
+            parts = " + ".join(f"{p}=FILE" for p in meta.get("parts", ()))
+            print(f"{name:24s} {', '.join(meta['models'])}{f'  (reads {parts})' if parts else ''}\n"
+                  f"{'':24s} {meta['files']}")
         return 0
-    if not (args.source and args.out and args.layout and args.model and args.dataset):
+    if not (len(args.paths) >= 2 and args.layout and args.model and args.dataset):
         raise ConfigError("give SOURCE OUT --layout --model --dataset (or --list)")
+    *sources, out = args.paths
     conv = OFFICIAL.get(args.layout)()
-    cfg = config_for(args, tuple(OFFICIAL.meta(args.layout)["models"]), conv)
+    layout_meta = OFFICIAL.meta(args.layout)
+    cfg = config_for(args, tuple(layout_meta["models"]), conv)
+    official, origin = read_sources(sources, args.layout, tuple(layout_meta.get("parts", ())))
     meta = dataset_class(args.dataset)
     model = build_model(config_from_dict(cfg).model, len(meta.CLASSES))
-    state = convert_state(conv, read_official(args.source), model.state_dict(), args.source)
+    state = convert_state(conv, official, model.state_dict(), " + ".join(sources))
     model.load_state_dict(state)  # strict: convert_state already guaranteed the fit
     save_atomic({"format_version": FORMAT_VERSION, "model": state, "config": cfg,
                  "classes": list(meta.CLASSES), "palette": [list(c) for c in meta.PALETTE],
-                 "converted_from": {"file": str(args.source), "layout": args.layout}}, args.out)
-    print(f"{args.source} ({args.layout}) -> {args.out}: {args.model}, {len(state)} tensors, "
+                 "converted_from": {"file": origin, "layout": args.layout}}, out)
+    print(f"{' + '.join(sources)} ({args.layout}) -> {out}: {args.model}, {len(state)} tensors, "
           f"{len(meta.CLASSES)} classes of {args.dataset}")
     return 0
 

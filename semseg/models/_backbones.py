@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
+from semseg.models._blocks import ConvBNReLU
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,50 @@ class ResNetFeatures(nn.Module):
             feats[name] = x
         return feats
 
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept trunk files saved from a whole model (``backbone.*`` keys) as well as bare trunks."""
+    prefix = "backbone."
+    if any(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+class DeepStemResNet(ResNetFeatures):
+    """ResNet-v1c trunk: a 3×3 64-64-128 stem (stride 2, then the max pool), layer1 taking 128 channels.
+
+    The "deep stem" ResNet the authors' releases of PSPNet, PSANet (hszhao/semseg ``model/resnet.py``,
+    ``deep_base=True``) and UPerNet (CSAILVision/semantic-segmentation-pytorch ``models/resnet.py``) are
+    trained on. The stem is laid out as ``stem.{0,1,3,4,6,7}`` (conv, BN, ReLU ×3, max-pool), the key
+    layout of mmsegmentation's ResNetV1c; a local trunk file with these keys and shapes loads (bare or
+    with ``backbone.`` keys). ``output_stride`` as :class:`ResNetFeatures` (8 for PSPNet/PSANet, which
+    then reset every block's dilation, 32 for UPerNet). torchvision has no such weights:
+    ``pretrained_backbone=True`` is an error.
+    """
+
+    def __init__(self, depth: int, pretrained_backbone: Pretrained = False, output_stride: int = 8) -> None:
+        if pretrained_backbone is True:
+            raise ConfigError(
+                "model.params.pretrained_backbone: torchvision has no deep-stem (ResNet-v1c) weights; "
+                "give a local file path or use the model without _deepstem (torchvision's 7×7 stem)"
+            )
+        if depth < 50:
+            raise ConfigError(f"model.params.depth: the deep stem is built for Bottleneck ResNets (50, 101, 152), "
+                              f"got {depth}")
+        super().__init__(depth, output_stride=output_stride)
+        self.stem = nn.Sequential(
+            *ConvBNReLU(3, 64, 3, stride=2), *ConvBNReLU(64, 64, 3), *ConvBNReLU(64, 128, 3),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        first = self.layer1[0]
+        first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
+        first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
+        self.channels["stem"] = 128
+        for module in (*self.stem, first.conv1, first.downsample[0]):
+            if isinstance(module, nn.Conv2d):  # torchvision's ResNet init for the replaced convs
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if pretrained_backbone:
+            load_pretrained(self, pretrained_backbone, None, _strip_prefix)
 
 
 def set_block_dilation(layer: nn.Sequential, rates: Sequence[int]) -> None:

@@ -123,8 +123,9 @@ class InputProjection(nn.Module):
 class ESPNetEncoder(nn.Module):
     """ESPNet-C: level 1 (1/2) → ESP×(1+p) at 1/4 → ESP×(1+q) at 1/8, with image re-injection."""
 
-    def __init__(self, num_classes: int, p: int = 2, q: int = 8) -> None:
+    def __init__(self, num_classes: int, p: int = 2, q: int = 8, align_corners: bool = False) -> None:
         super().__init__()
+        self.align_corners = align_corners
         if p < 1 or q < 1:
             raise ConfigError(f"model.params.{'p' if p < 1 else 'q'}: needs at least one ESP module, got {min(p, q)}")
         self.level1 = CBR(3, 16, 3, 2)
@@ -155,7 +156,7 @@ class ESPNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         scores = self.classifier(self.features(x)[-1])  # 1/8; the official code trains on 1/8 labels
-        return {"out": resize_to(scores, x.shape[-2:])}
+        return {"out": resize_to(scores, x.shape[-2:], self.align_corners)}
 
 
 def _up2(module: nn.Module, x: torch.Tensor, like: torch.Tensor | tuple[int, int]) -> torch.Tensor:
@@ -198,9 +199,10 @@ _SOURCE = "Mehta et al. 2018, arXiv:1803.06815 (ESPNet 0.364M); sacmehta/ESPNet 
 
 
 @MODELS.register("espnet_c", paper_params=349_449.0, paper_kwargs=_CITYSCAPES, output_stride=8, source=_SOURCE)
-def espnet_c(*, num_classes: int, p: int = 2, q: int = 8) -> ESPNetEncoder:
-    """ESPNet-C: the encoder alone, scores at 1/8 upsampled bilinearly."""
-    return ESPNetEncoder(num_classes, p, q)
+def espnet_c(*, num_classes: int, p: int = 2, q: int = 8, align_corners: bool = False) -> ESPNetEncoder:
+    """ESPNet-C: the encoder alone, scores at 1/8 upsampled bilinearly (``align_corners``: the release's test
+    script upsamples with PyTorch 0.3's ``nn.Upsample(scale_factor=8)``, i.e. ``True``; its converter sets it)."""
+    return ESPNetEncoder(num_classes, p, q, align_corners)
 
 
 @MODELS.register("espnet", paper_params=364_569.0, paper_kwargs=_CITYSCAPES, output_stride=8, source=_SOURCE)

@@ -19,6 +19,10 @@ classifies, with PSPNet's auxiliary head on layer3 (loss weight 0.4) in training
 The over-complete map's size is fixed by the training crop, ``mask_size = 2·((crop - 1) // 16 + 1) - 1``:
 59×59 for the release's 465×465 ADE20K / VOC crops, 89×89 for its 705×705 Cityscapes crops. At a larger
 input the positions beyond the window get weight zero before the softmax, as in the release.
+
+The release's trunk is the deep-stem ResNet (three 3×3 convs, ``_backbones.DeepStemResNet``): the
+``*_deepstem`` variants are built on it so that its checkpoints load (``semseg/official/psanet.py``);
+the plain ones use torchvision's 7×7 stem and its ImageNet weights.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages
+from semseg.models._backbones import DeepStemResNet, Pretrained, ResNetFeatures, dilate_stages
 from semseg.models._blocks import ConvBNReLU, conv_head, resize_to
 from semseg.registry import MODELS
 
@@ -110,12 +114,15 @@ class PSANet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, psa_type: PSAType = "bidirectional",
                  mask_size: Sequence[int] = MASK_SIZE, aux: bool = True, dropout: float = 0.1,
-                 pretrained_backbone: Pretrained = False, align_corners: bool = True) -> None:
+                 pretrained_backbone: Pretrained = False, align_corners: bool = True, deep_stem: bool = False) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.params.dropout: must be in [0, 1), got {dropout}")
         self.align_corners = align_corners
-        self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
+        if deep_stem:  # the release's trunk (hszhao/semseg model/resnet.py deep_base), for its weights
+            self.backbone: ResNetFeatures = DeepStemResNet(depth, pretrained_backbone)
+        else:
+            self.backbone = ResNetFeatures(depth, output_stride=8, pretrained_backbone=pretrained_backbone)
         dilate_stages(self.backbone, DILATION)
         channels = self.backbone.channels
         self.psa = PSA(channels["layer4"], psa_type, mask_size)
@@ -139,17 +146,23 @@ class PSANet(nn.Module):
 
 
 # Parameter counts: the paper gives none, so they are derived from the release's layer sizes and re-derived in
-# tests/test_models_psanet.py. Trunk (torchvision ResNet, no fc): 23,508,032 (R-50) / 42,500,160 (R-101).
-# Per branch: reduce 2048·512 + 2·512 = 1,049,600; attention 512·512 + 2·512 + 512·59·59 = 2,045,440;
-# projection 1024·2048 + 2·2048 = 2,101,248; head 3×3 4096·512·9 + 2·512 = 18,875,392; aux 3×3 2,359,808;
-# classifiers 513·C and 257·C. C = 150 and the 59×59 mask (ADE20K at 465×465, the paper's main benchmark).
+# tests/test_models_psanet.py. Trunk (torchvision ResNet, no fc): 23,508,032 (R-50) / 42,500,160 (R-101); the
+# release's deep stem adds 123,776. Per branch: reduce 2048·512 + 2·512 = 1,049,600; attention 512·512 + 2·512 +
+# 512·59·59 = 2,045,440; projection 1024·2048 + 2·2048 = 2,101,248; head 3×3 4096·512·9 + 2·512 = 18,875,392;
+# aux 3×3 2,359,808; classifiers 513·C and 257·C. C = 150 and the 59×59 mask (ADE20K at 465×465, the paper's
+# main benchmark).
 _SOURCE = ("Zhao et al. 2018 (ECCV), §3; count derived from the released code "
            "(hszhao/semseg model/psanet.py, ade20k_psanet*.yaml; paper gives none)")
 _ADE = {"num_classes": 150}
 HEAD_PARAMS = 2 * (1_049_600 + 2_045_440) + 2_101_248 + 18_875_392 + 2_359_808
+DEEP_STEM_EXTRA = 123_776  # 3×3 convs 3→64, 64→64, 64→128 + BN, minus the 7×7 conv + BN; layer1 taking 128
 
 
-@MODELS.register("psanet_resnet50", paper_params=23_508_032.0 + HEAD_PARAMS + 770 * 150, paper_kwargs=_ADE,
+def _count(trunk: int, deep_stem: bool) -> float:
+    return float(trunk + HEAD_PARAMS + 770 * 150 + (DEEP_STEM_EXTRA if deep_stem else 0))
+
+
+@MODELS.register("psanet_resnet50", paper_params=_count(23_508_032, False), paper_kwargs=_ADE,
                  output_stride=8, source=_SOURCE)
 def psanet_resnet50(*, num_classes: int, pretrained_backbone: Pretrained = False,
                     psa_type: PSAType = "bidirectional", mask_size: Sequence[int] = MASK_SIZE, aux: bool = True,
@@ -158,10 +171,28 @@ def psanet_resnet50(*, num_classes: int, pretrained_backbone: Pretrained = False
     return PSANet(50, num_classes, psa_type, mask_size, aux, dropout, pretrained_backbone, align_corners)
 
 
-@MODELS.register("psanet_resnet101", paper_params=42_500_160.0 + HEAD_PARAMS + 770 * 150, paper_kwargs=_ADE,
+@MODELS.register("psanet_resnet101", paper_params=_count(42_500_160, False), paper_kwargs=_ADE,
                  output_stride=8, source=_SOURCE)
 def psanet_resnet101(*, num_classes: int, pretrained_backbone: Pretrained = False,
                      psa_type: PSAType = "bidirectional", mask_size: Sequence[int] = MASK_SIZE, aux: bool = True,
                      dropout: float = 0.1, align_corners: bool = True) -> PSANet:
     """PSANet (bi-directional by default) on torchvision's ResNet-101."""
     return PSANet(101, num_classes, psa_type, mask_size, aux, dropout, pretrained_backbone, align_corners)
+
+
+@MODELS.register("psanet_resnet50_deepstem", paper_params=_count(23_508_032, True), paper_kwargs=_ADE,
+                 output_stride=8, source=_SOURCE)
+def psanet_resnet50_deepstem(*, num_classes: int, pretrained_backbone: Pretrained = False,
+                             psa_type: PSAType = "bidirectional", mask_size: Sequence[int] = MASK_SIZE,
+                             aux: bool = True, dropout: float = 0.1, align_corners: bool = True) -> PSANet:
+    """PSANet on the release's deep-stem ResNet-50, for its weights (semseg/official/psanet.py; local files only)."""
+    return PSANet(50, num_classes, psa_type, mask_size, aux, dropout, pretrained_backbone, align_corners, True)
+
+
+@MODELS.register("psanet_resnet101_deepstem", paper_params=_count(42_500_160, True), paper_kwargs=_ADE,
+                 output_stride=8, source=_SOURCE)
+def psanet_resnet101_deepstem(*, num_classes: int, pretrained_backbone: Pretrained = False,
+                              psa_type: PSAType = "bidirectional", mask_size: Sequence[int] = MASK_SIZE,
+                              aux: bool = True, dropout: float = 0.1, align_corners: bool = True) -> PSANet:
+    """PSANet on the release's deep-stem ResNet-101 (local weights only)."""
+    return PSANet(101, num_classes, psa_type, mask_size, aux, dropout, pretrained_backbone, align_corners, True)

@@ -18,10 +18,11 @@ and mmsegmentation's ``pspnet_r50-d8`` config: both dilate *every* block of
 layer3 by 2 and of layer4 by 4 (torchvision's ``replace_stride_with_dilation``
 keeps the first block of each at the previous rate; we reset it). The official
 nets use the "deep stem" ResNet (ResNet-v1c: three 3×3 convs 64-64-128 instead
-of the 7×7), offered here as ``*_deepstem``. Upsampling (PPM and logits) is
-bilinear with ``align_corners=True`` as in the official code, so its released
-weights give its logits (``align_corners`` changes it). Any input size works; the
-official code asserts sizes 8k+1 (where the logits upsample to exactly H × W, as here).
+of the 7×7), offered here as ``*_deepstem`` (``DeepStemResNet`` in ``_backbones.py``,
+shared with PSANet and UPerNet). Upsampling (PPM and logits) is bilinear with
+``align_corners=True`` as in the official code, so its released weights give its
+logits (``align_corners`` changes it). Any input size works; the official code
+asserts sizes 8k+1 (where the logits upsample to exactly H × W, as here).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._backbones import Pretrained, ResNetFeatures, dilate_stages, load_pretrained
+from semseg.models._backbones import DeepStemResNet, Pretrained, ResNetFeatures, dilate_stages
 from semseg.models._blocks import ConvBNReLU, conv_head, resize_to
 from semseg.registry import MODELS
 
@@ -41,44 +42,6 @@ from semseg.registry import MODELS
 CPU_BF16_SPEEDUP: float | None = 1.77
 BINS = (1, 2, 3, 6)  # pyramid levels, paper §3.3 and Fig. 3
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, paper §3.3 / Fig. 3(b)
-
-
-def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept trunk files saved from a whole model (``backbone.*`` keys) as well as bare trunks."""
-    prefix = "backbone."
-    if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
-class DeepStemResNet(ResNetFeatures):
-    """ResNet-v1c trunk at output stride 8: a 3×3 64-64-128 stem, layer1 taking 128 channels.
-
-    The stem is laid out as ``stem.{0,1,3,4,6,7}`` (conv, BN, ReLU ×3, max-pool),
-    the key layout of mmsegmentation's ResNetV1c, so a local trunk file in that
-    layout loads as is. torchvision has no such weights: ``True`` is an error.
-    """
-
-    def __init__(self, depth: int, pretrained_backbone: Pretrained = False) -> None:
-        if pretrained_backbone is True:
-            raise ConfigError(
-                "model.params.pretrained_backbone: torchvision has no deep-stem (ResNet-v1c) weights; "
-                "give a local file path or use the plain pspnet50/pspnet101"
-            )
-        super().__init__(depth, output_stride=8)
-        self.stem = nn.Sequential(
-            *ConvBNReLU(3, 64, 3, stride=2), *ConvBNReLU(64, 64, 3), *ConvBNReLU(64, 128, 3),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
-        first = self.layer1[0]
-        first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
-        first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
-        self.channels["stem"] = 128
-        for module in (*self.stem, first.conv1, first.downsample[0]):
-            if isinstance(module, nn.Conv2d):  # torchvision's ResNet init for the replaced convs
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        if pretrained_backbone:
-            load_pretrained(self, pretrained_backbone, None, _strip_prefix)
 
 
 class PyramidPooling(nn.Module):

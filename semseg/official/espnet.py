@@ -13,7 +13,9 @@ from our pipeline, and the converter takes care of them:
   ``train/Transforms.py`` ``Normalize`` then ``ToTensor``'s ``div(255)``), which on our RGB 0–1 tensors is
   ``(x − mean/255) / std``: ``augment.mean`` = mean/255 and ``augment.std`` = std itself, both in RGB order.
 
-BN eps 1e-3 is our ``espnet`` default already. The full ESPNet (``pretrained/decoder/*.pth``) does not load into
+BN eps 1e-3 is our ``espnet`` default already. The 1/8 scores are upsampled ×8 by ``test/VisualizeResults.py``'s
+``nn.Upsample(scale_factor=8, mode='bilinear')`` under PyTorch 0.3 (README), which aligns corners: the converted
+config sets ``align_corners: true``. The full ESPNet (``pretrained/decoder/*.pth``) does not load into
 our 19-class model: its whole decoder is ``classes`` wide (20 for Cityscapes, 12 for CamVid), see doc/espnet.md.
 """
 
@@ -49,8 +51,9 @@ def _bgr_to_rgb(state: dict[str, torch.Tensor]) -> None:
 @OFFICIAL.register("sacmehta_espnet_c", models=("espnet_c",),
                    files="sacmehta/ESPNet pretrained/encoder/espnet_p_2_q_8.pth (q_3/q_5: --set model.params.q=3|5)")
 def sacmehta_espnet_c() -> Converter:
-    """Same names; the void output dropped, BGR channels reversed, their normalisation in the config."""
+    """Same names; the void output dropped, BGR channels reversed, their normalisation and upsampling in the config."""
     return Converter(
         models=("espnet_c",), rules=RULES, fix=_bgr_to_rgb, class_dims={"classifier.conv.weight": 0},
+        model_params={"align_corners": True},
         augment={"mean": [m / 255 for m in reversed(MEAN_BGR)], "std": list(reversed(STD_BGR))},
     )
