@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -58,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python b
 from bench._memory import memory_method, peak_mib  # noqa: E402
 from bench.peers import NO_PEER, PEERS, Peer, peer_size  # noqa: E402
 from semseg.engine import autocast  # noqa: E402
+from semseg.losses.criterion import Criterion  # noqa: E402
 from semseg.models.__main__ import measure  # noqa: E402
 from semseg.registry import MODELS  # noqa: E402
 
@@ -84,14 +84,16 @@ def make_forward(model: nn.Module, x: torch.Tensor, amp: Optional[str]) -> Calla
 
 
 def make_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: Optional[str]) -> Callable[[], None]:
-    """One SGD step; fp16 goes through a GradScaler as it would in training."""
+    """One SGD step with the training criterion (``out`` plus every ``aux*`` output, each scored at its own
+    size, as in train.py); fp16 goes through a GradScaler as it would in training."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler(x.device.type, enabled=amp == "fp16")
+    criterion = Criterion(nn.CrossEntropyLoss(), aux_weight=1.0)
 
     def run() -> None:
         with autocast(x.device, amp):
             out = model(x)
-            loss = sum(F.cross_entropy(o.float(), y) for o in out.values())
+        loss = criterion({k: o.float() for k, o in out.items()}, y)  # fp32 loss outside autocast, as train.py
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

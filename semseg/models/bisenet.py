@@ -29,7 +29,6 @@ block of a stage striding with a separable projection shortcut.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import nn
@@ -39,7 +38,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures, load_pretrained
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: Optional[float] = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.50  # bisenet_xception39 1.50x, bisenet_resnet18 1.79x: the smaller one
 
 SPATIAL_CHANNELS = 64  # release SpatialPath: 7×7/2, 3×3/2, 3×3/2 at 64, then 1×1 to the fusion width
 FUSE_CHANNELS = 128  # release conv_channel: the spatial path's output, each ARM, the refines, the global context

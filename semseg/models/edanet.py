@@ -35,7 +35,9 @@ from semseg.errors import ConfigError
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: float | None = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.60
 
 GROWTH_RATE = 40  # k, new maps per EDA module (layer table, "Growth rate" column)
 DROPOUT = 0.02  # the paper's rate; after the module's last BN + ReLU, before the concatenation (EDA_module.PNG)

@@ -28,7 +28,6 @@ Module names follow EdgeNets (``backbone`` is their ``base_net``), so their Imag
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,9 @@ from semseg.models._backbones import Pretrained, load_pretrained
 from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: Optional[float] = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 0.96  # slower than fp32 (FAST_ENOUGH 1.10): fp32 on CPU
 # Output channels of levels 1-4 per width scale s (EdgeNets espnetv2_config.sc_ch_dict; level 5 is not used)
 CHANNELS = {0.5: (16, 32, 64, 128), 1.0: (32, 64, 128, 256), 1.5: (32, 96, 192, 384), 2.0: (32, 128, 256, 512)}
 REPEATS = (3, 7)  # EESP units after the strided one at levels 3 and 4 (espnetv2_config.rep_layers)

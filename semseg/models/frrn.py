@@ -30,7 +30,9 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: float | None = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.90
 
 BN_EPS = 1e-4  # lasagne.layers.BatchNormLayer's default epsilon, which the authors' layers.py keeps
 BASE_CHANNELS = 48  # the 5×5 conv and the full-resolution RUs (Table 1; train.py BASE_CHANNELS)

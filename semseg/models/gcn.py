@@ -28,7 +28,6 @@ size, so any input size works (ResNet's stride-2 layers give ⌈h/2⌉, and 2⌈
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import nn
@@ -38,7 +37,9 @@ from semseg.models._backbones import Pretrained, ResNetFeatures
 from semseg.models._blocks import bilinear_kernel
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: Optional[float] = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.86
 
 KERNEL = 15  # §4.1, Table 1 (PASCAL VOC, 512×512 inputs); 25 for Cityscapes (§4.3)
 LEVELS = ("layer1", "layer2", "layer3", "layer4")  # res-2 .. res-5 at 1/4, 1/8, 1/16, 1/32 (Fig. 2A)

@@ -30,7 +30,9 @@ from semseg.models._backbones import Pretrained, load_pretrained
 from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: Optional[float] = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.35
 
 # torchvision ``vgg16_bn().features``: the ReLU ending each conv block (conv1_2, conv2_2, conv3_3, conv4_3,
 # conv5_3) and the max-pool after it; building with torchvision's make_layers keeps its indices, so the

@@ -37,8 +37,8 @@ from semseg.models._blocks import resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
-# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
-CPU_BF16_SPEEDUP: float | None = None
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.04
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, no multi-grid (release: multi_grid=(1, 1, 1))
 PYRAMID = (1, 2, 3, 6)  # pyramid-OC partitions (Pyramid_OC_Module sizes)
 ASP_RATES = (12, 24, 36)  # ASP_OC_Module dilations

