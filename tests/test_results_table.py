@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from semseg.config import load_config
+from semseg.precision import family
 from semseg.registry import MODELS
 from tests.conftest import REPO, load_script
 
@@ -31,7 +32,9 @@ def cells(text: str, model: str) -> list[str]:
 
 def test_published_camvid_numbers_are_the_papers() -> None:
     assert {n: MODELS.meta(n)["paper_camvid_miou"][0] for n in PUBLISHED} == {
-        "enet": 51.3, "linknet": 55.8, "fcdensenet56": 58.9, "fcdensenet67": 60.1, "fcdensenet103": 66.9, "fcn8s": 57.0}
+        "enet": 51.3, "linknet": 55.8, "fcdensenet56": 58.9, "fcdensenet67": 60.1, "fcdensenet103": 66.9, "fcn8s": 57.0,
+        "segnet": 55.6, "segnet_basic": 46.3, "bisenet_xception39": 65.6, "bisenet_resnet18": 68.7, "lrn": 61.7,
+        "edanet": 66.4, "cgnet": 65.6}
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
@@ -100,3 +103,16 @@ def test_bench_files_of_one_device_and_batch_merge_into_one_column_group() -> No
     assert old["results"] == [row("enet", 60.0), row("erfnet", 200.0)]  # the inputs are left as they were
     other_batch = bench_file("cpu", [row("enet", 70.0)], batch=8)
     assert len(results_table.merge_benches([old, other_batch])) == 2
+
+
+def test_readme_model_table_is_what_the_registry_gives() -> None:
+    """The README's model list is generated (`python -m semseg.models --markdown`), never typed by hand."""
+    from semseg.models.__main__ import markdown
+
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- models-table -->\n", "\n<!-- /models-table -->"
+    assert readme.count(start) == 1 and readme.count(end) == 1
+    block = readme.split(start)[1].split(end)[0]
+    assert block == markdown(MODELS.names()), "README.md's model table is stale: rerun python -m semseg.models --markdown"
+    for name in MODELS.names():
+        assert (REPO / "doc" / f"{family(name)}.md").is_file(), f"{name}: no doc/{family(name)}.md"

@@ -1,8 +1,9 @@
 """One table per dataset that answers "how accurate, how big, how fast" for every model.
 
-    python tools/results_table.py --bench doc/results/bench_cpu.json
-    python tools/results_table.py --bench doc/results/bench_cpu.json --update doc/results.md
-    python tools/results_table.py --bench doc/results/bench_cpu.json --trained-only --update README.md
+    python tools/results_table.py                                   # every doc/results/bench_*.json
+    python tools/results_table.py --update doc/results.md
+    python tools/results_table.py --trained-only --update README.md
+    python tools/results_table.py --bench my_gpu.json --models enet erfnet
 
 Joins three sources that are each written by a tool, so the table is never typed by hand:
 the trained runs in ``doc/results/<dataset>.json`` (``tools/record_result.py``), the
@@ -124,13 +125,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=root / "doc" / "results" / "camvid.json")
-    parser.add_argument("--bench", type=Path, action="append", default=[], help="a bench/models.py --json file (repeatable)")
+    parser.add_argument("--bench", type=Path, action="append",
+                        help="a bench/models.py --json file (repeatable; default: every doc/results/bench_*.json)")
     parser.add_argument("--models", nargs="+", help="default: every registered model")
     parser.add_argument("--trained-only", action="store_true", help="only models with a recorded run")
     parser.add_argument("--update", type=Path, help="write the table between the markers in this file")
     args = parser.parse_args(argv)
     runs = best_runs(load_json(args.results)) if args.results.is_file() else {}
-    benches = merge_benches([load_json(p) for p in args.bench])
+    bench_files = args.bench if args.bench is not None else sorted((root / "doc" / "results").glob("bench_*.json"))
+    benches = merge_benches([load_json(p) for p in bench_files])
     unknown = [n for n in args.models or [] if n not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; choices: {', '.join(MODELS.names())}")
