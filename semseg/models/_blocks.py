@@ -36,6 +36,43 @@ def conv_head(in_channels: int, mid_channels: int, num_classes: int, dropout: fl
         ConvBNReLU(in_channels, mid_channels, 3), nn.Dropout2d(dropout), nn.Conv2d(mid_channels, num_classes, 1)
     )
 
+class C(nn.Module):
+    """A bias-free conv padded to keep the size at stride 1 (``groups=n_in``: channel-wise), held as ``.conv``:
+    the ``C``/``CDilated`` of the ESPNet and CGNet releases (sacmehta/ESPNet, wutianyiRosun/CGNet), whose keys
+    their official weights use."""
+
+    def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        pad = (k - 1) // 2 * dilation
+        self.conv = nn.Conv2d(n_in, n_out, k, stride, pad, dilation, groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class BNPReLU(nn.Module):
+    """BatchNorm (eps 1e-3, as both releases) + per-channel PReLU, keys ``bn``/``act`` (ESPNet ``BR``, CGNet ``BNPReLU``)."""
+
+    def __init__(self, n: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(n, eps=eps)
+        self.act = nn.PReLU(n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(x))
+
+
+class ConvBNPReLU(BNPReLU):
+    """Bias-free conv + BN + PReLU, keys ``conv``/``bn``/``act`` (ESPNet ``CBR``, CGNet ``ConvBNPReLU``)."""
+
+    def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1, eps: float = 1e-3) -> None:
+        super().__init__(n_out, eps)
+        self.conv = nn.Conv2d(n_in, n_out, k, stride, (k - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.conv(x))
+
+
 def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
     """Weights that make a ConvTranspose2d a bilinear upsampler (FCN, Long et al. 2015, §3.3).
 

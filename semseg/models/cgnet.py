@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._blocks import resize_to
+from semseg.models._blocks import BNPReLU, C, ConvBNPReLU, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
@@ -45,41 +45,6 @@ BN_EPS = 1e-3  # every BatchNorm in the official model/CGNet.py
 STAGE1_CHANNELS = 32  # §3.2 and the official code: stage 1 is three 3×3 convs of 32 channels
 STAGE2 = (64, 2, 8)  # channels, f_sur dilation, f_glo reduction of stage 2 (official code)
 STAGE3 = (128, 4, 16)  # the same for stage 3
-
-
-class C(nn.Module):
-    """A bias-free conv padded to keep the size at stride 1; ``groups=n_in`` is the channel-wise form."""
-
-    def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> None:
-        super().__init__()
-        pad = (k - 1) // 2 * dilation
-        self.conv = nn.Conv2d(n_in, n_out, k, stride, pad, dilation, groups, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class BNPReLU(nn.Module):
-    """BatchNorm (eps 1e-3) + per-channel PReLU (the official ``BNPReLU``: ``bn``, ``act``)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm2d(n, eps=BN_EPS)
-        self.act = nn.PReLU(n)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(x))
-
-
-class ConvBNPReLU(BNPReLU):
-    """Conv + BN + PReLU (the official ``ConvBNPReLU``: ``conv``, ``bn``, ``act``)."""
-
-    def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1) -> None:
-        super().__init__(n_out)
-        self.conv = nn.Conv2d(n_in, n_out, k, stride, (k - 1) // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.conv(x))
 
 
 class FGlo(nn.Module):

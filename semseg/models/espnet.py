@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._blocks import resize_to
+from semseg.models._blocks import BNPReLU, C, ConvBNPReLU, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
@@ -37,46 +37,11 @@ BN_EPS = 1e-3  # every BatchNorm in the official code
 RATES = (1, 2, 4, 8, 16)  # the K = 5 branches (§3.1)
 
 
-class C(nn.Module):
-    """A bias-free conv (padding keeps the size at stride 1); ``.conv`` as the official ``C``/``CDilated``."""
-
-    def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1, dilation: int = 1) -> None:
-        super().__init__()
-        pad = (k - 1) // 2 * dilation
-        self.conv = nn.Conv2d(n_in, n_out, k, stride, pad, dilation, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class BR(nn.Module):
-    """BatchNorm (eps 1e-3) + per-channel PReLU."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.bn = nn.BatchNorm2d(n, eps=BN_EPS)
-        self.act = nn.PReLU(n)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(x))
-
-
-class CBR(BR):
-    """Conv + BN + PReLU (the official ``CBR``: ``conv``, ``bn``, ``act``)."""
-
-    def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1) -> None:
-        super().__init__(n_out)
-        self.conv = nn.Conv2d(n_in, n_out, k, stride, (k - 1) // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.conv(x))
-
-
 class ESP(nn.Module):
     """Reduce → split into 5 dilated 3×3 → hierarchical fusion → concat (→ + input) → BN + PReLU.
 
     ``stride=2`` is the official ``DownSamplerB`` (3×3 stride-2 reduction, no residual, BN/PReLU
-    as ``bn``/``act``); otherwise ``DilatedParllelResidualBlockB`` (1×1 reduction, ``bn`` a BR).
+    as ``bn``/``act``); otherwise ``DilatedParllelResidualBlockB`` (1×1 reduction, ``bn`` a BNPReLU, the official BR).
     The first branch takes the remainder so the concat has exactly ``n_out`` channels.
     """
 
@@ -92,7 +57,7 @@ class ESP(nn.Module):
         if stride == 2:
             self.bn, self.act = nn.BatchNorm2d(n_out, eps=BN_EPS), nn.PReLU(n_out)
         else:
-            self.bn = BR(n_out)
+            self.bn = BNPReLU(n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduced = self.c1(x)
@@ -128,15 +93,15 @@ class ESPNetEncoder(nn.Module):
         self.align_corners = align_corners
         if p < 1 or q < 1:
             raise ConfigError(f"model.params.{'p' if p < 1 else 'q'}: needs at least one ESP module, got {min(p, q)}")
-        self.level1 = CBR(3, 16, 3, 2)
+        self.level1 = ConvBNPReLU(3, 16, 3, 2)
         self.sample1, self.sample2 = InputProjection(1), InputProjection(2)
-        self.b1 = BR(16 + 3)
+        self.b1 = BNPReLU(16 + 3)
         self.level2_0 = ESP(16 + 3, 64, stride=2)
         self.level2 = nn.ModuleList(ESP(64, 64) for _ in range(p))
-        self.b2 = BR(128 + 3)
+        self.b2 = BNPReLU(128 + 3)
         self.level3_0 = ESP(128 + 3, 128, stride=2)
         self.level3 = nn.ModuleList(ESP(128, 128) for _ in range(q))
-        self.b3 = BR(256)
+        self.b3 = BNPReLU(256)
         self.classifier = C(256, num_classes, 1)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -176,10 +141,10 @@ class ESPNet(nn.Module):
         self.encoder = ESPNetEncoder(c, p, q)
         self.level3_C = C(128 + 3, c, 1)
         self.br = nn.BatchNorm2d(c, eps=BN_EPS)
-        self.conv = CBR((19 if fuse_image else 16) + c, c, 3)
+        self.conv = ConvBNPReLU((19 if fuse_image else 16) + c, c, 3)
         self.up_l3 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2, bias=False))
-        self.combine_l2_l3 = nn.Sequential(BR(2 * c), ESP(2 * c, c, add=False))
-        self.up_l2 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2, bias=False), BR(c))
+        self.combine_l2_l3 = nn.Sequential(BNPReLU(2 * c), ESP(2 * c, c, add=False))
+        self.up_l2 = nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2, bias=False), BNPReLU(c))
         self.classifier = nn.ConvTranspose2d(c, c, 2, stride=2, bias=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
