@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python tools/convert_weights.py` from anywhere
 
@@ -80,9 +80,13 @@ def _numpy_scalars() -> list[Any]:
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
-def read_official(path: str) -> dict[str, torch.Tensor]:
+def read_official(path: str, reader: Optional[Callable[[str], dict[str, torch.Tensor]]] = None
+                  ) -> dict[str, torch.Tensor]:
+    """The file's tensors: with the layout's own ``reader`` (a Torch7 file), else ``torch.load``."""
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: official checkpoint not found")
+    if reader is not None:
+        return reader(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalars()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,13 +95,14 @@ def read_official(path: str) -> dict[str, torch.Tensor]:
     return unwrap(ckpt, path)
 
 
-def read_sources(sources: list[str], layout: str, parts: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Any]:
+def read_sources(sources: list[str], layout: str, parts: tuple[str, ...],
+                 reader: Optional[Callable[[str], dict[str, torch.Tensor]]] = None) -> tuple[dict[str, torch.Tensor], Any]:
     """The official tensors of one file, or of ``PART=FILE`` for every part (keys prefixed ``PART.``);
     and what the output records as their origin (the file, or {part: file})."""
     if not parts:
         if len(sources) != 1:
             raise ConfigError(f"layout '{layout}' reads one official file, got {len(sources)}: {' '.join(sources)}")
-        return read_official(sources[0]), sources[0]
+        return read_official(sources[0], reader), sources[0]
     wanted = " ".join(f"{p}=FILE" for p in parts)
     given: dict[str, str] = {}
     for source in sources:
@@ -112,7 +117,7 @@ def read_sources(sources: list[str], layout: str, parts: tuple[str, ...]) -> tup
         raise ConfigError(f"no {'=, '.join(missing)}= file (layout '{layout}' reads {wanted})")
     state: dict[str, torch.Tensor] = {}
     for part in parts:
-        state.update({f"{part}.{k}": v for k, v in read_official(given[part]).items()})
+        state.update({f"{part}.{k}": v for k, v in read_official(given[part], reader).items()})
     return state, {p: given[p] for p in parts}
 
 
@@ -130,7 +135,7 @@ def convert(args: argparse.Namespace) -> int:
     conv = OFFICIAL.get(args.layout)()
     layout_meta = OFFICIAL.meta(args.layout)
     cfg = config_for(args, tuple(layout_meta["models"]), conv)
-    official, origin = read_sources(sources, args.layout, tuple(layout_meta.get("parts", ())))
+    official, origin = read_sources(sources, args.layout, tuple(layout_meta.get("parts", ())), conv.reader)
     meta = dataset_class(args.dataset)
     model = build_model(config_from_dict(cfg).model, len(meta.CLASSES))
     state = convert_state(conv, official, model.state_dict(), " + ".join(sources))

@@ -8,7 +8,9 @@ a BatchNorm (we leave it out, since BN cancels it) goes into that BN's running m
 which is exact in eval mode; extra outputs (a void class the dataset ignores) are
 dropped from the classifier. ``model_params`` / ``augment`` are what the weights
 need to reproduce the official logits (BN epsilon, input normalisation), written
-into the converted checkpoint's config. Each family module registers its tables
+into the converted checkpoint's config; ``reader`` reads a release that is not a
+PyTorch file (``_torch7.read_torch7`` for Lua Torch ``.t7``/``.net``) into the same
+flat ``{key: tensor}`` form. Each family module registers its tables
 in ``OFFICIAL``; ``tools/convert_weights.py`` is the command line.
 """
 
@@ -43,6 +45,7 @@ class Converter:
     fix: Callable[[dict[str, torch.Tensor]], None] | None = None  # in-place tensor folds on our keys
     model_params: Mapping[str, Any] = field(default_factory=dict)
     augment: Mapping[str, Any] = field(default_factory=dict)
+    reader: Callable[[str], dict[str, torch.Tensor]] | None = None  # a non-PyTorch file (Torch7); None = torch.load
 
 
 def unwrap(ckpt: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
