@@ -352,8 +352,10 @@ def test_denseaspp161_release_maps_every_tensor() -> None:
     assert state["classifier.weight"].shape == (19, 1104 + 5 * 128, 1, 1)
 
 
-def _official_espnet_c_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, p: int = 2, q: int = 8) -> torch.Tensor:
-    """ESPNet train/Model.py ESPNet_Encoder.forward (eval), on the official tensors and their BGR input."""
+def _official_espnet_features(sd: dict[str, torch.Tensor], x: torch.Tensor, p: int = 2, q: int = 8
+                              ) -> tuple[torch.Tensor, ...]:
+    """ESPNet train/Model.py ESPNet_Encoder.forward (eval) up to the classifier, on the official tensors and their BGR
+    input: level 1 (1/2, 16), level 1 + image (19), the 1/4 concat (131), the 1/8 concat (256)."""
 
     def br(name: str, t: torch.Tensor) -> torch.Tensor:
         return F.prelu(_bn(sd, f"{name}.bn", t, 1e-3), sd[f"{name}.act.weight"])
@@ -367,15 +369,46 @@ def _official_espnet_c_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, p: 
     def pool(t: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(t, 3, 2, 1)
 
-    out0 = br("b1", torch.cat([br("level1", _conv(sd, "level1.conv", x, stride=2)), pool(x)], 1))
-    out1_0 = out1 = esp("level2_0", out0, True)
+    out0 = br("level1", _conv(sd, "level1.conv", x, stride=2))
+    out0_cat = br("b1", torch.cat([out0, pool(x)], 1))
+    out1_0 = out1 = esp("level2_0", out0_cat, True)
     for i in range(p):
         out1 = esp(f"level2.{i}", out1, False)
     out1 = br("b2", torch.cat([out1, out1_0, pool(pool(x))], 1))
     out2_0 = out2 = esp("level3_0", out1, True)
     for i in range(q):
         out2 = esp(f"level3.{i}", out2, False)
-    return _conv(sd, "classifier.conv", br("b3", torch.cat([out2_0, out2], 1)))
+    return out0, out0_cat, out1, br("b3", torch.cat([out2_0, out2], 1))
+
+
+def _official_espnet_c_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, p: int = 2, q: int = 8) -> torch.Tensor:
+    """ESPNet_Encoder.forward: the 1/8 scores."""
+    return _conv(sd, "classifier.conv", _official_espnet_features(sd, x, p, q)[-1])
+
+
+def _official_espnet_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, fuse_image: bool, q: int = 8
+                             ) -> torch.Tensor:
+    """ESPNet.forward: train/Model.py (``fuse_image``: the last conv reads output0_cat) or test/Model.py (output0)."""
+    enc = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    out0, out0_cat, out1_cat, out2_cat = _official_espnet_features(enc, x, q=q)
+
+    def br(name: str, t: torch.Tensor) -> torch.Tensor:
+        return F.prelu(_bn(sd, f"{name}.bn", t, 1e-3), sd[f"{name}.act.weight"])
+
+    def esp_b(name: str, t: torch.Tensor) -> torch.Tensor:  # DilatedParllelResidualBlockB(add=False)
+        reduced = _conv(sd, f"{name}.c1.conv", t)
+        d = [_conv(sd, f"{name}.d{r}.conv", reduced, r) for r in (1, 2, 4, 8, 16)]
+        return br(f"{name}.bn", torch.cat([d[0], d[1], d[1] + d[2], d[1] + d[2] + d[3], d[1] + d[2] + d[3] + d[4]], 1))
+
+    def up(key: str, t: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(t, sd[key], stride=2)
+
+    out2_c = up("up_l3.0.weight", _bn(sd, "br", _conv(enc, "classifier.conv", out2_cat), 1e-3))
+    out1_c = _conv(sd, "level3_C.conv", out1_cat)
+    comb = br("up_l2.1", up("up_l2.0.weight", esp_b("combine_l2_l3.1", br("combine_l2_l3.0",
+                                                                          torch.cat([out1_c, out2_c], 1)))))
+    concat = torch.cat([comb, out0_cat if fuse_image else out0], 1)
+    return up("classifier.weight", br("conv", _conv(sd, "conv.conv", concat)))
 
 
 def _espnet_input(rgb: torch.Tensor) -> torch.Tensor:
@@ -424,6 +457,48 @@ def test_espnet_c_other_depths_and_the_decoder_file() -> None:
     own = MODELS.build("espnet_c", num_classes=19).state_dict()
     with pytest.raises(CheckpointError, match=r"keys this layout does not know: encoder\.level1"):
         convert_state(OFFICIAL.get("sacmehta_espnet_c")(), decoder, own)
+
+
+@pytest.mark.parametrize(("layout", "classes", "fuse_image"),
+                         [("sacmehta_espnet", 20, False), ("sacmehta_espnet_camvid", 12, True)])
+def test_full_espnet_sacmehta_cli_gives_the_official_logits(tmp_path: Path, layout: str, classes: int,
+                                                             fuse_image: bool) -> None:
+    """The decoder files: one output wider (void) inside, dropped at the end; the image's BGR channels reversed in
+    the encoder, in level3_C and (CamVid) in the last conv; their normalisation in the config."""
+    from tools import convert_weights
+
+    official = L.fill(L.sacmehta_espnet(classes, fuse_image), seed=9)
+    src, out = tmp_path / "espnet_p_2_q_8.pth", tmp_path / "espnet.pt"
+    torch.save(official, src)
+    dataset = "camvid" if classes == 12 else "cityscapes"
+    assert convert_weights.main([str(src), str(out), "--layout", layout, "--model", "espnet",
+                                 "--dataset", dataset]) == 0
+    model, cfg, ckpt = restore(str(out), [])
+    assert cfg.model.params["extra_outputs"] == 1 and len(ckpt["classes"]) == classes - 1
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.augment.mean, cfg.augment.std))
+    rgb = torch.rand(1, 3, 48, 64)
+    their_in = (rgb.flip(1) * 255 - mean.flip(1) * 255) / std.flip(1) / 255  # cv2 BGR, (x − mean) / std / 255
+    with torch.no_grad():
+        ours = model.eval()((rgb - mean) / std)["out"]
+        theirs = _official_espnet_forward(official, their_in, fuse_image)
+        wrong = _official_espnet_forward(official, their_in.flip(1), fuse_image)
+    assert ours.shape == (1, classes - 1, 48, 64) and theirs.shape[1] == classes
+    torch.testing.assert_close(ours, theirs[:, : classes - 1], rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+    assert not torch.allclose(ours, wrong[:, : classes - 1], atol=1e-2)  # the channel reversal matters
+
+
+def test_full_espnet_file_of_the_other_decoder_names_its_layout() -> None:
+    official = L.fill(L.sacmehta_espnet(20, fuse_image=False), seed=2)
+    own = MODELS.build("espnet", num_classes=19, extra_outputs=1, fuse_image=True).state_dict()
+    with pytest.raises(CheckpointError, match="fuses 16 level-1 channels, not 19; try --layout sacmehta_espnet$"):
+        convert_state(OFFICIAL.get("sacmehta_espnet_camvid")(), official, own)
+
+
+def test_espnet_extra_outputs_widen_the_decoder_and_leave_the_output() -> None:
+    plain, wide = MODELS.build("espnet", num_classes=11), MODELS.build("espnet", num_classes=11, extra_outputs=1)
+    assert wide.classifier.weight.shape == (12, 12, 2, 2) and plain.classifier.weight.shape == (11, 11, 2, 2)
+    with torch.no_grad():
+        assert wide.eval()(torch.rand(1, 3, 32, 48))["out"].shape == (1, 11, 32, 48)
 
 
 def _official_deeplab_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

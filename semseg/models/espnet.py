@@ -134,10 +134,13 @@ def _up2(module: nn.Module, x: torch.Tensor, like: torch.Tensor | tuple[int, int
 class ESPNet(nn.Module):
     """ESPNet-C encoder + the light decoder of Fig. 4d (×2 transposed convs with fused skips)."""
 
-    def __init__(self, num_classes: int, p: int = 2, q: int = 8, fuse_image: bool = False) -> None:
+    def __init__(self, num_classes: int, p: int = 2, q: int = 8, fuse_image: bool = False,
+                 extra_outputs: int = 0) -> None:
         super().__init__()
-        c = num_classes
-        self.fuse_image = fuse_image
+        if extra_outputs < 0:
+            raise ConfigError(f"model.params.extra_outputs: must be >= 0, got {extra_outputs}")
+        c = num_classes + extra_outputs  # the decoder is as wide as the outputs it predicts
+        self.num_classes, self.fuse_image = num_classes, fuse_image
         self.encoder = ESPNetEncoder(c, p, q)
         self.level3_C = C(128 + 3, c, 1)
         self.br = nn.BatchNorm2d(c, eps=BN_EPS)
@@ -153,7 +156,8 @@ class ESPNet(nn.Module):
         up3 = _up2(self.up_l3, self.br(self.encoder.classifier(out2)), out1)
         fused = self.combine_l2_l3(torch.cat([self.level3_C(out1), up3], 1))
         up2 = _up2(self.up_l2, fused, skip)
-        return {"out": _up2(self.classifier, self.conv(torch.cat([up2, skip], 1)), x.shape[-2:])}
+        out = _up2(self.classifier, self.conv(torch.cat([up2, skip], 1)), x.shape[-2:])
+        return {"out": out[:, : self.num_classes]}
 
 
 # The official p = 2, q = 8 models on Cityscapes (20 outputs: 19 classes + the void class the official
@@ -171,7 +175,10 @@ def espnet_c(*, num_classes: int, p: int = 2, q: int = 8, align_corners: bool = 
 
 
 @MODELS.register("espnet", paper_params=364_569.0, paper_kwargs=_CITYSCAPES, output_stride=8, source=_SOURCE)
-def espnet(*, num_classes: int, p: int = 2, q: int = 8, fuse_image: bool = False) -> ESPNet:
-    """ESPNet: ESPNet-C + the light-weight decoder to full resolution (``fuse_image``: the CamVid release's)."""
-    return ESPNet(num_classes, p, q, fuse_image)
+def espnet(*, num_classes: int, p: int = 2, q: int = 8, fuse_image: bool = False, extra_outputs: int = 0) -> ESPNet:
+    """ESPNet: ESPNet-C + the light-weight decoder to full resolution (``fuse_image``: the CamVid release's).
+
+    ``extra_outputs``: outputs past the dataset's classes that the decoder predicts and the output drops. The
+    released models train void as one more class, and their whole decoder is that wide, so they need 1."""
+    return ESPNet(num_classes, p, q, fuse_image, extra_outputs)
 

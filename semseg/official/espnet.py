@@ -15,19 +15,35 @@ from our pipeline, and the converter takes care of them:
 
 BN eps 1e-3 is our ``espnet`` default already. The 1/8 scores are upsampled ×8 by ``test/VisualizeResults.py``'s
 ``nn.Upsample(scale_factor=8, mode='bilinear')`` under PyTorch 0.3 (README), which aligns corners: the converted
-config sets ``align_corners: true``. The full ESPNet (``pretrained/decoder/*.pth``) does not load into
-our 19-class model: its whole decoder is ``classes`` wide (20 for Cityscapes, 12 for CamVid), see doc/espnet.md.
+config sets ``align_corners: true``.
+
+The full ESPNet files (``pretrained/decoder/espnet_p_2_q_<3|5|8>.pth``, Cityscapes, from ``test/Model.py``: the
+last conv fuses level 1's 16 channels; ``espnet_p_2_q_8_camvid.pth`` from ``train/Model.py``: level 1 + the
+image, 19) have the encoder under ``encoder.`` and a decoder that is ``classes`` wide throughout (20 = 19 + void,
+12 = 11 + void), so our ``espnet`` is built with ``extra_outputs: 1`` and drops the void output at the end. The
+image also reaches the decoder, through ``level3_C`` (the 1/4 concat) and, in the CamVid file, the last conv:
+their image channels are reversed too. The CamVid file's mean/std are its training set's (``train/loadData.py``:
+per-image channel means and stds averaged over the training images, BGR 0–255), which the release does not
+include; ours are computed the same way over the SegNet train split it was trained on (README: SegNet splits,
+480×360).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+from semseg.errors import CheckpointError
 from semseg.official import OFFICIAL, Converter
 
 MEAN_BGR = (72.3923111, 82.90893555, 73.15840149)  # test/VisualizeResults.py "global mean and std values"
 STD_BGR = (45.3192215, 46.15289307, 44.91483307)
+CAMVID_MEAN_BGR = (110.331, 108.409, 105.033)  # loadData.py's statistics of the 367 SegNet CamVid train images
+CAMVID_STD_BGR = (72.126, 72.691, 69.904)
 RULES = ((r"((?:level1|b[123]|level2_0|level3_0|level[23]\.\d+|classifier)\..+)", r"\1"),)  # the same names
+FULL_RULES = ((r"((?:encoder\.(?:level1|b[123]|level2_0|level3_0|level[23]\.\d+|classifier)|level3_C|br|conv|up_l3"
+               r"|combine_l2_l3|up_l2|classifier)\..+)", r"\1"),)
 # (our key, dimension, first of the three image channels): the convs the (pooled) image enters
 _IMAGE_CONVS = (("level1.conv.weight", 1, 0), ("level2_0.c1.conv.weight", 1, 16), ("level3_0.c1.conv.weight", 1, 128))
 _IMAGE_BRS = (("b1", 16), ("b2", 128))  # BN + PReLU over [features, image]
@@ -46,6 +62,57 @@ def _bgr_to_rgb(state: dict[str, torch.Tensor]) -> None:
         for key in (*(f"{name}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")),
                     f"{name}.act.weight"):
             state[key] = _flip3(state[key], 0, start)
+
+
+def _full_bgr_to_rgb(fuse_image: bool) -> Callable[[dict[str, torch.Tensor]], None]:
+    """The encoder's image entries (under ``encoder.``), ``level3_C`` (reads the 1/4 concat: image at 128) and, when
+    the last conv fuses level 1 + image, that conv's image inputs (after the ``classes`` upsampled ones)."""
+
+    def fix(state: dict[str, torch.Tensor]) -> None:
+        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        _bgr_to_rgb(encoder)
+        state.update({f"encoder.{k}": v for k, v in encoder.items()})
+        state["level3_C.conv.weight"] = _flip3(state["level3_C.conv.weight"], 1, 128)
+        if fuse_image:
+            weight = state["conv.conv.weight"]
+            state["conv.conv.weight"] = _flip3(weight, 1, weight.shape[0] + 16)
+
+    return fix
+
+
+def _fusion_check(fuse_image: bool, other: str) -> Callable[[dict[str, torch.Tensor]], None]:
+    """The last conv's inputs tell which decoder the file is: classes + 16 (level 1) or classes + 19 (+ image)."""
+
+    def check(official: dict[str, torch.Tensor]) -> None:
+        weight = official.get("conv.conv.weight")
+        if weight is not None and weight.shape[1] - weight.shape[0] != (19 if fuse_image else 16):
+            raise CheckpointError(f"conv.conv.weight: fuses {weight.shape[1] - weight.shape[0]} level-1 channels, "
+                                  f"not {19 if fuse_image else 16}; try --layout {other}")
+
+    return check
+
+
+def _full(fuse_image: bool, mean_bgr: tuple[float, ...], std_bgr: tuple[float, ...], other: str) -> Converter:
+    return Converter(
+        models=("espnet",), rules=FULL_RULES, fix=_full_bgr_to_rgb(fuse_image),
+        checks=(_fusion_check(fuse_image, other),),
+        model_params={"extra_outputs": 1, "fuse_image": fuse_image},
+        augment={"mean": [m / 255 for m in reversed(mean_bgr)], "std": list(reversed(std_bgr))},
+    )
+
+
+@OFFICIAL.register("sacmehta_espnet", models=("espnet",),
+                   files="sacmehta/ESPNet pretrained/decoder/espnet_p_2_q_8.pth (q_3/q_5: --set model.params.q=3|5)")
+def sacmehta_espnet() -> Converter:
+    """Same names; built one output wider (void, dropped), BGR channels reversed, their normalisation in the config."""
+    return _full(False, MEAN_BGR, STD_BGR, "sacmehta_espnet_camvid")
+
+
+@OFFICIAL.register("sacmehta_espnet_camvid", models=("espnet",),
+                   files="sacmehta/ESPNet pretrained/decoder/espnet_p_2_q_8_camvid.pth")
+def sacmehta_espnet_camvid() -> Converter:
+    """As ``sacmehta_espnet`` for the CamVid file: its last conv also fuses the image; CamVid's mean/std."""
+    return _full(True, CAMVID_MEAN_BGR, CAMVID_STD_BGR, "sacmehta_espnet")
 
 
 @OFFICIAL.register("sacmehta_espnet_c", models=("espnet_c",),
