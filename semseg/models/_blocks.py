@@ -73,6 +73,22 @@ class ConvBNPReLU(BNPReLU):
         return super().forward(self.conv(x))
 
 
+class PooledImage(nn.Module):
+    """The image average-pooled ``times`` times by 3×3/2 (pad 1): 1/2, 1/4, … (⌈H/2⌉ per step, as strided convs).
+
+    ESPNet (``InputProjectionA``) and CGNet (``InputInjection``) concatenate it to their features to re-inject
+    the image at lower resolutions; it has no parameters, so state dicts do not see it."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.pool = nn.ModuleList(nn.AvgPool2d(3, stride=2, padding=1) for _ in range(times))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for pool in self.pool:
+            x = pool(x)
+        return x
+
+
 def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
     """Weights that make a ConvTranspose2d a bilinear upsampler (FCN, Long et al. 2015, §3.3).
 

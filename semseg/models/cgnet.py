@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._blocks import BNPReLU, C, ConvBNPReLU, resize_to
+from semseg.models._blocks import BNPReLU, C, ConvBNPReLU, PooledImage, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
@@ -108,19 +108,6 @@ class ContextGuidedBlockDown(nn.Module):
         return self.F_glo(self.reduce(joint))
 
 
-class InputInjection(nn.Module):
-    """The image average-pooled ``times`` times by 3×3/2 (pad 1): 1/2, 1/4 (⌈H/2⌉, as the strided convs)."""
-
-    def __init__(self, times: int) -> None:
-        super().__init__()
-        self.pool = nn.ModuleList(nn.AvgPool2d(3, stride=2, padding=1) for _ in range(times))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for pool in self.pool:
-            x = pool(x)
-        return x
-
-
 class CGNet(nn.Module):
     """Stage 1 (3 convs, 1/2) → M CG blocks (1/4) → N CG blocks (1/8) → 1×1 classifier → bilinear to H×W."""
 
@@ -133,7 +120,7 @@ class CGNet(nn.Module):
         self.level1_0 = ConvBNPReLU(3, c1, 3, stride=2)
         self.level1_1 = ConvBNPReLU(c1, c1, 3)
         self.level1_2 = ConvBNPReLU(c1, c1, 3)
-        self.sample1, self.sample2 = InputInjection(1), InputInjection(2)
+        self.sample1, self.sample2 = PooledImage(1), PooledImage(2)
         self.b1 = BNPReLU(c1 + 3)
         self.level2_0 = ContextGuidedBlockDown(c1 + 3, c2, d2, r2)
         self.level2 = nn.ModuleList(ContextGuidedBlock(c2, d2, r2) for _ in range(m - 1))

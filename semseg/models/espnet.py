@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from semseg.errors import ConfigError
-from semseg.models._blocks import BNPReLU, C, ConvBNPReLU, resize_to
+from semseg.models._blocks import BNPReLU, C, ConvBNPReLU, PooledImage, resize_to
 from semseg.registry import MODELS
 
 # bf16 autocast + channels_last over fp32/NCHW, train step on CPU: what train.amp=auto reads
@@ -72,19 +72,6 @@ class ESP(nn.Module):
         return self.act(out) if hasattr(self, "act") else out
 
 
-class InputProjection(nn.Module):
-    """The image average-pooled ``times`` times by 3×3/2 (pad 1): 1/2, 1/4, … (official InputProjectionA)."""
-
-    def __init__(self, times: int) -> None:
-        super().__init__()
-        self.pool = nn.ModuleList(nn.AvgPool2d(3, stride=2, padding=1) for _ in range(times))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for pool in self.pool:
-            x = pool(x)
-        return x
-
-
 class ESPNetEncoder(nn.Module):
     """ESPNet-C: level 1 (1/2) → ESP×(1+p) at 1/4 → ESP×(1+q) at 1/8, with image re-injection."""
 
@@ -94,7 +81,7 @@ class ESPNetEncoder(nn.Module):
         if p < 1 or q < 1:
             raise ConfigError(f"model.params.{'p' if p < 1 else 'q'}: needs at least one ESP module, got {min(p, q)}")
         self.level1 = ConvBNPReLU(3, 16, 3, 2)
-        self.sample1, self.sample2 = InputProjection(1), InputProjection(2)
+        self.sample1, self.sample2 = PooledImage(1), PooledImage(2)
         self.b1 = BNPReLU(16 + 3)
         self.level2_0 = ESP(16 + 3, 64, stride=2)
         self.level2 = nn.ModuleList(ESP(64, 64) for _ in range(p))
