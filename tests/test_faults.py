@@ -139,7 +139,7 @@ def test_kill_9_anywhere_even_mid_save_leaves_a_loadable_last_pt_and_resume_fini
     assert iterations == sorted(iterations) and iterations[0] > 0
     # the resume sweeps the stray temporary file and trains to the end
     done = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(last)], cwd=tmp_path,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"removed 1 stale temporary file(s) left by an interrupted save in {run}: {stale.name}" in done.stderr
     assert f"resumed {last} at epoch" in done.stderr
