@@ -39,6 +39,25 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def assert_onnx_matches(model: torch.nn.Module, path: Path, size: tuple[int, int], **export_kwargs: object) -> None:
+    """tools/export.py's ONNX file, run in onnxruntime, gives the eval-mode logits within 1e-4 (relative beyond 1,
+    as ``export.tolerance``: random-init logits can reach ~1e3). Skips without onnxruntime / onnxscript."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    export = load_script("tools/export")
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ref = model(x)["out"]
+    bound = 1e-4 * max(1.0, ref.abs().max().item())
+    assert export.export_onnx(model, path, size, **export_kwargs) <= bound
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    assert got.shape == ref.shape and (got - ref).abs().max().item() <= bound
+    model.train(was_training)
+
+
 def one_line_error(capsys: pytest.CaptureFixture) -> str:
     """What a script printed to stderr, asserted to be the one line the house rules promise."""
     err = capsys.readouterr().err.strip()

@@ -18,6 +18,7 @@ from semseg.errors import ConfigError
 from semseg.losses import LOSSES, build_criterion
 from semseg.models import bisenet
 from semseg.registry import MODELS
+from tests.conftest import assert_onnx_matches
 from tests.fixtures.training import fit
 
 NAMES = ("bisenet_xception39", "bisenet_resnet18")
@@ -197,18 +198,5 @@ def test_a_few_sgd_steps_with_the_aux_losses_fit_a_batch() -> None:
 
 def test_onnx_export_matches_pytorch(x39: bisenet.BiSeNet, tmp_path) -> None:
     """Eval mode: the global pools, the attention products and the align_corners resizes survive export."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    from tests.conftest import load_script
-    from tests.test_export import onnx_logits
+    assert_onnx_matches(x39, tmp_path / "bisenet.onnx", (64, 96))
 
-    export = load_script("tools/export")
-    x39.eval()
-    path = tmp_path / "bisenet.onnx"
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        ref = x39(x)["out"]
-    bound = 1e-4 * max(1.0, ref.abs().max().item())
-    assert export.export_onnx(x39, path, (64, 96)) <= bound
-    assert (onnx_logits(path, x) - ref).abs().max().item() <= bound
-    x39.train()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from semseg.errors import ConfigError
 from semseg.models import cgnet
 from semseg.registry import MODELS
+from tests.conftest import assert_onnx_matches
 from tests.fixtures.training import fit
 
 
@@ -166,11 +167,6 @@ def test_a_few_adam_steps_fit_a_batch() -> None:
 
 def test_onnx_export_matches_pytorch(tmp_path) -> None:
     """The global-context gate (mean → FC → sigmoid), PReLU and the dilated channel-wise convs survive export."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    from tests.conftest import load_script
-
     torch.manual_seed(0)
-    model = MODELS.build("cgnet", num_classes=4, m=2, n=3).eval()
-    export = load_script("tools/export")
-    assert export.export_onnx(model, tmp_path / "cgnet.onnx", (45, 61)) <= 1e-4
+    assert_onnx_matches(MODELS.build("cgnet", num_classes=4, m=2, n=3), tmp_path / "cgnet.onnx", (45, 61))
+
