@@ -36,6 +36,7 @@ def conv_head(in_channels: int, mid_channels: int, num_classes: int, dropout: fl
         ConvBNReLU(in_channels, mid_channels, 3), nn.Dropout2d(dropout), nn.Conv2d(mid_channels, num_classes, 1)
     )
 
+
 class C(nn.Module):
     """A bias-free conv padded to keep the size at stride 1 (``groups=n_in``: channel-wise), held as ``.conv``:
     the ``C``/``CDilated`` of the ESPNet and CGNet releases (sacmehta/ESPNet, wutianyiRosun/CGNet), whose keys

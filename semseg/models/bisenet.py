@@ -29,7 +29,6 @@ block of a stage striding with a separable projection shortcut.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

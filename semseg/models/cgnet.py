@@ -29,7 +29,6 @@ DataParallel's ``module.`` prefix).
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

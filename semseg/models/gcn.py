@@ -28,7 +28,6 @@ size, so any input size works (ResNet's stride-2 layers give ⌈h/2⌉, and 2⌈
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

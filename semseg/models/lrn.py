@@ -21,7 +21,6 @@ paper's plain sum; semseg/losses/criterion.py).
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

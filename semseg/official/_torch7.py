@@ -38,7 +38,7 @@ def _field(obj: Any, name: str) -> Any:
 def _tensor(value: Any) -> torch.Tensor | None:
     if not isinstance(value, np.ndarray) or value.size == 0:  # nil, or emptied by clearState()
         return None
-    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32).copy())
+    return torch.from_numpy(np.array(value, dtype=np.float32))  # one copy, off the shared storage
 
 
 def _layer_tensors(module: Any) -> dict[str, torch.Tensor]:

@@ -41,9 +41,9 @@ MEAN_BGR = (72.3923111, 82.90893555, 73.15840149)  # test/VisualizeResults.py "g
 STD_BGR = (45.3192215, 46.15289307, 44.91483307)
 CAMVID_MEAN_BGR = (110.331, 108.409, 105.033)  # loadData.py's statistics of the 367 SegNet CamVid train images
 CAMVID_STD_BGR = (72.126, 72.691, 69.904)
-RULES = ((r"((?:level1|b[123]|level2_0|level3_0|level[23]\.\d+|classifier)\..+)", r"\1"),)  # the same names
-FULL_RULES = ((r"((?:encoder\.(?:level1|b[123]|level2_0|level3_0|level[23]\.\d+|classifier)|level3_C|br|conv|up_l3"
-               r"|combine_l2_l3|up_l2|classifier)\..+)", r"\1"),)
+_ENCODER = r"level1|b[123]|level2_0|level3_0|level[23]\.\d+|classifier"  # ESPNet_Encoder's modules
+RULES = ((rf"((?:{_ENCODER})\..+)", r"\1"),)  # the same names
+FULL_RULES = ((rf"((?:encoder\.(?:{_ENCODER})|level3_C|br|conv|up_l3|combine_l2_l3|up_l2|classifier)\..+)", r"\1"),)
 # (our key, dimension, first of the three image channels): the convs the (pooled) image enters
 _IMAGE_CONVS = (("level1.conv.weight", 1, 0), ("level2_0.c1.conv.weight", 1, 16), ("level3_0.c1.conv.weight", 1, 128))
 _IMAGE_BRS = (("b1", 16), ("b2", 128))  # BN + PReLU over [features, image]
@@ -55,13 +55,14 @@ def _flip3(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
     return t.index_select(dim, index)
 
 
-def _bgr_to_rgb(state: dict[str, torch.Tensor]) -> None:
+def _bgr_to_rgb(state: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """Reverse the image channels where the (pooled) image enters the encoder held under ``prefix``."""
     for key, dim, start in _IMAGE_CONVS:
-        state[key] = _flip3(state[key], dim, start)
+        state[prefix + key] = _flip3(state[prefix + key], dim, start)
     for name, start in _IMAGE_BRS:
         for key in (*(f"{name}.bn.{p}" for p in ("weight", "bias", "running_mean", "running_var")),
                     f"{name}.act.weight"):
-            state[key] = _flip3(state[key], 0, start)
+            state[prefix + key] = _flip3(state[prefix + key], 0, start)
 
 
 def _full_bgr_to_rgb(fuse_image: bool) -> Callable[[dict[str, torch.Tensor]], None]:
@@ -69,9 +70,7 @@ def _full_bgr_to_rgb(fuse_image: bool) -> Callable[[dict[str, torch.Tensor]], No
     the last conv fuses level 1 + image, that conv's image inputs (after the ``classes`` upsampled ones)."""
 
     def fix(state: dict[str, torch.Tensor]) -> None:
-        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        _bgr_to_rgb(encoder)
-        state.update({f"encoder.{k}": v for k, v in encoder.items()})
+        _bgr_to_rgb(state, "encoder.")
         state["level3_C.conv.weight"] = _flip3(state["level3_C.conv.weight"], 1, 128)
         if fuse_image:
             weight = state["conv.conv.weight"]

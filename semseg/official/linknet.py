@@ -22,6 +22,7 @@ for CamVid, per-channel for Cityscapes; no std): the config takes the channel me
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import torch
@@ -39,12 +40,8 @@ CAMVID_MEAN = (0.4119, 0.4251, 0.4327)  # RGB 0–1, our CamVid train split (the
 CITYSCAPES_MEAN = (0.2869, 0.3251, 0.2839)  # RGB 0–1, the Cityscapes train split
 
 
-def _exact(path: str) -> str:
-    return path.replace(".", r"\.")
-
-
 def _layer(path: str, ours: str) -> list[Rule]:
-    return [(rf"{_exact(path)}\.(weight|bias|running_mean|running_var)", rf"{ours}.\1")]
+    return [(rf"{re.escape(path)}\.(weight|bias|running_mean|running_var)", rf"{ours}.\1")]
 
 
 def _rules() -> tuple[Rule, ...]:
